@@ -1,0 +1,3 @@
+"""svdaemon: transcribe recordings dropped into watched folders with SenseVoice Small."""
+
+__version__ = "0.1.0"

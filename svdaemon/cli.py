@@ -1,0 +1,210 @@
+"""The `svdaemon` command. Exit codes as contract.md fixes them: 0 ok, 1 some file failed, 2 start-up."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from svdaemon import __version__
+from svdaemon.config import FORMATS, LANGUAGES, OVERWRITE_POLICIES, PRECISIONS, Config, load_config
+from svdaemon.errors import ConfigError, StartupError, SvdaemonError
+
+log = logging.getLogger("svdaemon")
+
+EXIT_OK, EXIT_FILES_FAILED, EXIT_STARTUP = 0, 1, 2
+
+
+class _OwnRecordsOnly(logging.Filter):
+    """Third-party libraries log chatter on the root logger at INFO; keep their warnings, drop the rest."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name.startswith("svdaemon") or record.levelno >= logging.WARNING
+
+
+def setup_logging(verbose: int) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_OwnRecordsOnly())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
+
+
+# ---- transcribe -------------------------------------------------------------------------------------
+
+
+def _transcribe_overrides(args: argparse.Namespace) -> dict[str, object]:
+    flags = {
+        "model": args.model,
+        "device": args.device,
+        "precision": args.precision,
+        "language": args.language,
+        "formats": args.formats,
+        "output_dir": args.output_dir,
+        "overwrite": args.overwrite,
+    }
+    return {key: value for key, value in flags.items() if value is not None}
+
+
+def _progress_bar(name: str, total_s: float):
+    """A per-file bar on a terminal; nothing otherwise (the result line says it all)."""
+    if not sys.stderr.isatty():
+        return None, lambda done_s: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=round(total_s, 1), desc=name, unit="s", leave=False, file=sys.stderr)
+
+    def update(done_s: float) -> None:
+        bar.update(round(min(done_s, total_s), 1) - bar.n)
+
+    return bar, update
+
+
+def cmd_transcribe(args: argparse.Namespace, config: Config) -> int:
+    from svdaemon import audio
+    from svdaemon.pipeline import Pipeline
+
+    ready: list[tuple[Path, float]] = []
+    failed = 0
+    for name in args.files:
+        path = Path(name)
+        try:
+            ready.append((path, audio.probe(path, config.audio_language).duration_s))
+        except SvdaemonError as exc:
+            print(f"FAIL  {exc}", flush=True)
+            failed += 1
+    if not ready:
+        return EXIT_FILES_FAILED
+    pipeline = Pipeline.load(config, threads=args.threads)
+    for path, duration_s in ready:
+        bar, progress = _progress_bar(path.name, duration_s)
+        try:
+            outcome = pipeline.process(path, root=path.parent, progress=progress)
+        except SvdaemonError as exc:
+            print(f"FAIL  {exc}", flush=True)
+            log.debug("%s failed", path, exc_info=True)
+            failed += 1
+            continue
+        finally:
+            if bar is not None:
+                bar.close()
+        shown = next((p for p in outcome.written if p.suffix == ".srt"), outcome.written[0])
+        print(
+            f"ok  {path.name} → {shown.name} ({_duration(outcome.transcript.duration_s)} audio, "
+            f"{outcome.realtime_factor:.1f}× realtime)",
+            flush=True,
+        )
+    return EXIT_FILES_FAILED if failed else EXIT_OK
+
+
+# ---- model fetch ------------------------------------------------------------------------------------
+
+
+def cmd_model_fetch(args: argparse.Namespace, config: Config) -> int:
+    from svdaemon.engine import EngineSettings, SenseVoiceEngine
+    from svdaemon.models import hub_repo, is_local, resolve_model_dir
+
+    hub = args.hub or config.model_hub
+    if not is_local(config.model):
+        print(f"fetching {hub_repo(config.model, hub)} ({'Hugging Face' if hub == 'hf' else 'ModelScope'})")
+    directory = resolve_model_dir(config.model, hub, download=True)
+    engine = SenseVoiceEngine(
+        EngineSettings(model_dir=directory, model_name=config.model, device="cpu", precision="fp32")
+    )
+    weights = len(engine.model.state_dict())
+    print(f"ok  {config.model} in {directory} (all {weights} weights load from the checkpoint)")
+    return EXIT_OK
+
+
+# ---- doctor -----------------------------------------------------------------------------------------
+
+
+def cmd_doctor(args: argparse.Namespace, config: Config) -> int:
+    from svdaemon.doctor import report
+
+    lines, healthy = report(config)
+    for line in lines:
+        print(line)
+    return EXIT_OK if healthy else EXIT_STARTUP
+
+
+# ---- bench ------------------------------------------------------------------------------------------
+
+
+def cmd_bench(args: argparse.Namespace, config: Config) -> int:
+    from svdaemon.bench import run_bench
+
+    return run_bench(args, config)
+
+
+# ---- parser -----------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="svdaemon", description="Transcribe recordings with SenseVoice Small."
+    )
+    parser.add_argument("--version", action="version", version=f"svdaemon {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config", type=Path, help="config file (default: config.yaml in the user config dir)"
+    )
+    common.add_argument("-v", "--verbose", action="count", default=0, help="more log detail (-vv: debug)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    tr = commands.add_parser("transcribe", parents=[common], help="write sidecars for each file and exit")
+    tr.add_argument("files", nargs="+", metavar="FILE")
+    tr.add_argument("--model", help="hub id or local model folder")
+    tr.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    tr.add_argument("--precision", choices=PRECISIONS)
+    tr.add_argument("--language", choices=LANGUAGES)
+    tr.add_argument("--formats", help=f"comma list of {', '.join(FORMATS)}")
+    tr.add_argument("--output-dir", type=Path, help="write sidecars here instead of beside each file")
+    tr.add_argument("--overwrite", choices=OVERWRITE_POLICIES)
+    tr.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
+    tr.set_defaults(handler=cmd_transcribe)
+
+    model = commands.add_parser("model", help="manage the SenseVoice model")
+    model_commands = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
+    fetch = model_commands.add_parser("fetch", parents=[common], help="download and verify the model")
+    fetch.add_argument("--hub", choices=("ms", "hf"), help="ModelScope (ms) or Hugging Face (hf)")
+    fetch.set_defaults(handler=cmd_model_fetch)
+
+    doctor = commands.add_parser("doctor", parents=[common], help="report torch, CUDA, GPUs, model, PyAV")
+    doctor.set_defaults(handler=cmd_doctor)
+
+    bench = commands.add_parser("bench", parents=[common], help="svdaemon against FunASR on the same audio")
+    bench.add_argument("--minutes", type=float, default=5.0, help="minutes of synthetic speech (default 5)")
+    bench.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    bench.add_argument("--json", type=Path, help="also write the results as JSON here")
+    bench.add_argument("--rows", help="comma list of rows to run (default: all)")
+    bench.add_argument("--work-dir", type=Path, help="where the random full-size model and audio are kept")
+    bench.set_defaults(handler=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        config = load_config(
+            args.config, _transcribe_overrides(args) if args.command == "transcribe" else None
+        )
+        return args.handler(args, config)
+    except (ConfigError, StartupError) as exc:
+        print(f"svdaemon: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
+    except KeyboardInterrupt:
+        print("svdaemon: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,368 @@
+"""SenseVoice Small through FunASR's loader, run with svdaemon's own batching.
+
+FunASR builds the model, tokenizer and feature frontend; svdaemon runs those modules itself so that it
+controls what FunASR does not: the device rule (never a silent CPU fallback), proof that every weight came
+from the checkpoint, length-sorted padded batches, half precision with the fragile steps in fp32, and CTC
+decoding without the 25055-way log-softmax. For the same audio the token ids equal those of
+`SenseVoiceSmall.inference` run on each segment alone (tests/test_engine.py checks it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from svdaemon.errors import StartupError
+from svdaemon.transcript import Segment, Token
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+FRAME_S = 0.06  # one encoder frame: 10 ms fbank shift x LFR stride 6
+QUERY_FRAMES = 4  # language, event, emotion and text-norm queries prepended to the features
+LANGUAGE_QUERY = {"auto": 0, "zh": 3, "en": 4, "yue": 7, "ja": 11, "ko": 12, "nospeech": 13}
+TEXTNORM_QUERY = {True: 14, False: 15}  # withitn, woitn
+EVENT_EMOTION_QUERY = (1, 2)
+BLANK_ID = 0
+REQUIRED_FILES = ("config.yaml", "model.pt", "am.mvn")
+
+_TAG = re.compile(r"^<\|(.+)\|>$")
+_EMOTIONS = {"HAPPY", "SAD", "ANGRY", "NEUTRAL", "FEARFUL", "DISGUSTED", "SURPRISED", "EMO_UNKNOWN"}
+_EVENTS = {"Speech", "BGM", "Applause", "Laughter", "Cry", "Sneeze", "Breath", "Cough", "Event_UNK"}
+_ITN = {"withitn": True, "woitn": False}
+
+
+class SpeechLike(Protocol):
+    """A piece of 16 kHz mono float32 audio and where it starts in its file."""
+
+    @property
+    def start_s(self) -> float: ...
+
+    @property
+    def samples(self) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    model_dir: Path
+    model_name: str  # what the user asked for (hub id or folder), recorded in the JSON sidecar
+    device: str = "auto"
+    precision: str = "fp16"
+    language: str = "auto"
+    use_itn: bool = True
+    batch_max_frames: int = 4000  # padded encoder frames per batch; the VRAM budget replaces it on CUDA
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class CtcToken:
+    """One token of the collapsed CTC path with its first and last encoder frame."""
+
+    token_id: int
+    first_frame: int
+    last_frame: int
+
+
+@dataclass(frozen=True)
+class Recognition:
+    """The raw result for one piece of audio, before tags are split off."""
+
+    tokens: tuple[CtcToken, ...]
+
+    @property
+    def token_ids(self) -> list[int]:
+        return [t.token_id for t in self.tokens]
+
+
+def resolve_device(spec: str) -> str:
+    """Apply the device rule: `cuda*` means CUDA or a start-up error; `auto` prefers the freest GPU."""
+    import torch
+
+    if spec == "cpu":
+        return "cpu"
+    available = torch.cuda.is_available()
+    count = torch.cuda.device_count() if available else 0
+    if spec == "auto":
+        if not count:
+            log.warning("device: auto — no CUDA GPU found, running on the CPU (slow)")
+            return "cpu"
+        free = [torch.cuda.mem_get_info(i)[0] for i in range(count)]
+        return f"cuda:{int(np.argmax(free))}"
+    if not spec.startswith("cuda"):
+        raise StartupError(f'device: "{spec}" — expected auto, cpu, cuda or cuda:N')
+    if not available:
+        raise StartupError(
+            f'device: "{spec}" — CUDA is not available (torch {torch.__version__}, '
+            f"CUDA build {torch.version.cuda or 'none'}); use device: auto or cpu"
+        )
+    index = int(spec.partition(":")[2] or 0)
+    if index >= count:
+        found = ", ".join(f"cuda:{i}" for i in range(count))
+        raise StartupError(f'device: "{spec}" — only {count} GPU{"s" if count > 1 else ""} ({found}) found')
+    return f"cuda:{index}"
+
+
+def effective_precision(device: str, precision: str) -> str:
+    """Half precision is for CUDA; the CPU runs fp32 unless bf16 was asked for."""
+    if device == "cpu":
+        return "bf16" if precision == "bf16" else "fp32"
+    return precision
+
+
+def check_model_dir(directory: Path) -> None:
+    """Refuse a folder that FunASR would load incompletely or fill with random weights."""
+    if not directory.is_dir():
+        raise StartupError(f"model: {directory} is not a folder")
+    missing = [name for name in REQUIRED_FILES if not (directory / name).is_file()]
+    if missing:
+        raise StartupError(
+            f"model: {directory} is not a SenseVoice model folder (missing {', '.join(missing)})"
+        )
+
+
+def verify_weights(model, checkpoint: Path) -> None:
+    """Fail unless every parameter and buffer equals the checkpoint's (FunASR skips mismatches quietly)."""
+    import torch
+
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # torch raises many types for a bad file
+        raise StartupError(f"model: {checkpoint} cannot be read ({exc.__class__.__name__}: {exc})") from exc
+    for nesting in ("state_dict", "model_state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(nesting), dict):
+            state = state[nesting]
+    wrong = []
+    own = model.state_dict()
+    for name, tensor in own.items():
+        source = state.get(name, state.get(f"module.{name}"))
+        if (
+            source is None
+            or source.shape != tensor.shape
+            or not torch.equal(source.to(tensor.dtype), tensor.detach().cpu())
+        ):
+            wrong.append(name)
+    if wrong:
+        raise StartupError(
+            f"model: {checkpoint}: {len(wrong)} of {len(own)} weights did not load from the checkpoint "
+            f"(first: {', '.join(wrong[:3])}); the folder does not hold this model's weights"
+        )
+
+
+def collapse_ctc(frame_ids: np.ndarray) -> list[CtcToken]:
+    """Greedy CTC: merge runs of one id, drop blanks, keep each token's frame span."""
+    if frame_ids.size == 0:
+        return []
+    starts = np.flatnonzero(np.diff(frame_ids, prepend=-1))
+    ends = np.append(starts[1:], frame_ids.size) - 1
+    return [
+        CtcToken(int(frame_ids[s]), int(s), int(e))
+        for s, e in zip(starts, ends, strict=True)
+        if frame_ids[s] != BLANK_ID
+    ]
+
+
+def encoder_frames(num_samples: int) -> int:
+    """Encoder frames for a waveform: Kaldi fbank frames (25 ms window, 10 ms shift), LFR stride 6, queries."""
+    fbank = 1 + (num_samples - 400) // 160 if num_samples >= 400 else 1
+    return -(-fbank // 6) + QUERY_FRAMES
+
+
+def plan_batches(lengths: Sequence[int], max_frames: int) -> list[list[int]]:
+    """Group item indices, longest first, so that items x longest item stays within `max_frames`."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    for index in order:
+        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= max_frames:
+            batches[-1].append(index)
+        else:
+            batches.append([index])
+    return batches
+
+
+def split_tags(pieces: Sequence[str]) -> tuple[dict[str, str | bool], int]:
+    """Read SenseVoice's leading tags (language, emotion, event, ITN) and say how many tokens they take."""
+    tags: dict[str, str | bool] = {}
+    count = 0
+    for piece in pieces[:4]:
+        match = _TAG.match(piece)
+        if not match:
+            break
+        name = match.group(1)
+        if name in _EMOTIONS:
+            tags["emotion"] = "unknown" if name == "EMO_UNKNOWN" else name.lower()
+        elif name in _EVENTS:
+            tags["event"] = "unknown" if name == "Event_UNK" else name.lower()
+        elif name in _ITN:
+            tags["itn"] = _ITN[name]
+        else:
+            tags["language"] = name.lower()
+        count += 1
+    return tags, count
+
+
+def _piece_texts(sp, ids: Sequence[int]) -> list[tuple[str, list[int]]]:
+    """Surface text per token; byte-fallback pieces are joined until they form whole characters."""
+    out: list[tuple[str, list[int]]] = []
+    pending: list[int] = []
+    for position, token_id in enumerate(ids):
+        if sp.IsByte(token_id):
+            pending.append(position)
+            text = sp.DecodeIds([ids[p] for p in pending])
+            if "\ufffd" not in text:
+                out.append((text, pending))
+                pending = []
+            continue
+        out.append((sp.IdToPiece(token_id).replace("\u2581", " "), [position]))
+    if pending:
+        out.append((sp.DecodeIds([ids[p] for p in pending]), pending))
+    return out
+
+
+class SenseVoiceEngine:
+    """A loaded SenseVoice Small on one device; `recognize` turns speech pieces into Segments."""
+
+    def __init__(self, settings: EngineSettings) -> None:
+        import torch
+
+        check_model_dir(settings.model_dir)
+        self.settings = settings
+        self.device = resolve_device(settings.device)
+        self.precision = effective_precision(self.device, settings.precision)
+        self._compute_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[
+            self.precision
+        ]
+        threads = settings.threads or len(os.sched_getaffinity(0))
+        captured = io.StringIO()
+        with contextlib.redirect_stdout(captured):  # FunASR prints banners and notices to stdout
+            from funasr import AutoModel
+
+            try:
+                auto = AutoModel(
+                    model=str(settings.model_dir),
+                    device=self.device,
+                    ncpu=threads,
+                    disable_update=True,
+                    disable_pbar=True,
+                    log_level="ERROR",
+                )
+            except Exception as exc:
+                raise StartupError(f"model: {settings.model_dir} cannot be loaded by FunASR: {exc}") from exc
+        if captured.getvalue().strip():
+            log.debug("FunASR said: %s", captured.getvalue().strip())
+        self.model = auto.model
+        self.model.eval()
+        verify_weights(self.model, Path(auto.kwargs["init_param"]))
+        self.frontend = auto.kwargs["frontend"]
+        self.frontend.dither = 0.0  # SenseVoice's config leaves dither at 1.0: random features each call
+        self.tokenizer = auto.kwargs["tokenizer"]
+        self._sp = self.tokenizer.sp
+        log.info("SenseVoice loaded from %s on %s (%s)", settings.model_dir, self.device, self.precision)
+
+    @property
+    def description(self) -> str:
+        return f"{self.device} ({self.precision})"
+
+    # ---- the batched forward pass ------------------------------------------------------------------
+
+    def _autocast(self):
+        import torch
+
+        if self._compute_dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.split(":")[0], dtype=self._compute_dtype)
+
+    def _features(self, waves: Sequence[np.ndarray]):
+        """Fbank + LFR + CMVN by FunASR's frontend, per waveform, padded into one batch (fp32)."""
+        import torch
+        from torch.nn.utils.rnn import pad_sequence
+
+        feats, lengths = [], []
+        for wave in waves:
+            samples = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)).to(self.device)
+            feat, feat_len = self.frontend(samples[None, :], [samples.numel()])
+            feats.append(feat[0])
+            lengths.append(int(feat_len[0]))
+        padded = pad_sequence(feats, batch_first=True).to(self.device, torch.float32)
+        return padded, torch.tensor(lengths, dtype=torch.int32, device=self.device)
+
+    def _queries(self, batch_size: int):
+        import torch
+
+        ids = [
+            LANGUAGE_QUERY.get(self.settings.language, 0),
+            *EVENT_EMOTION_QUERY,
+            TEXTNORM_QUERY[self.settings.use_itn],
+        ]
+        query = self.model.embed(torch.tensor([ids], dtype=torch.long, device=self.device))
+        return query.repeat(batch_size, 1, 1)
+
+    def ctc_logits(self, waves: Sequence[np.ndarray]) -> Iterator:
+        """Yield fp32 CTC logits [frames, vocab] per waveform of one padded batch, queries included."""
+        import torch
+
+        feats, lengths = self._features(waves)
+        with torch.inference_mode():
+            speech = torch.cat((self._queries(len(waves)), feats), dim=1)
+            with self._autocast():
+                encoded, encoded_lengths = self.model.encoder(speech, lengths + QUERY_FRAMES)
+            with torch.autocast(device_type=self.device.split(":")[0], enabled=False):
+                for row, length in enumerate(encoded_lengths.tolist()):
+                    yield self.model.ctc.ctc_lo(encoded[row, :length].float())
+
+    def recognize_raw(self, waves: Sequence[np.ndarray]) -> list[Recognition]:
+        """Greedy CTC over one batch: argmax on the device, only the ids come back to the host."""
+        return [
+            Recognition(tuple(collapse_ctc(logits.argmax(dim=-1).cpu().numpy())))
+            for logits in self.ctc_logits(waves)
+        ]
+
+    # ---- from speech pieces to Segments ------------------------------------------------------------
+
+    def recognize(self, pieces: Sequence[SpeechLike]) -> list[Segment]:
+        """Segments for pieces of speech, in the given order, batched longest first."""
+        lengths = [encoder_frames(len(piece.samples)) for piece in pieces]
+        results: list[Segment | None] = [None] * len(pieces)
+        for batch in plan_batches(lengths, self.settings.batch_max_frames):
+            raw = self.recognize_raw([pieces[i].samples for i in batch])
+            for index, recognition in zip(batch, raw, strict=True):
+                results[index] = self._segment(pieces[index], recognition)
+        return [segment for segment in results if segment is not None]
+
+    def _segment(self, piece: SpeechLike, recognition: Recognition) -> Segment:
+        ids = recognition.token_ids
+        pieces = [self._sp.IdToPiece(i) for i in ids]
+        tags, tag_count = split_tags(pieces)
+        body = [
+            (token, piece)
+            for token, piece in zip(recognition.tokens[tag_count:], pieces[tag_count:], strict=True)
+            if not _TAG.match(piece)
+        ]
+        body_tokens = [token for token, _ in body]
+        duration_s = len(piece.samples) / SAMPLE_RATE
+        tokens = []
+        for text, positions in _piece_texts(self._sp, [t.token_id for t in body_tokens]):
+            first = body_tokens[positions[0]].first_frame - QUERY_FRAMES
+            last = body_tokens[positions[-1]].last_frame - QUERY_FRAMES
+            start = min(max(first * FRAME_S - FRAME_S / 2, 0.0), duration_s)
+            end = min(max((last + 1) * FRAME_S - FRAME_S / 2, start), duration_s)
+            tokens.append(Token(text, round(piece.start_s + start, 3), round(piece.start_s + end, 3)))
+        text = self._sp.DecodeIds([t.token_id for t in body_tokens]).strip()
+        return Segment(
+            start_s=round(piece.start_s, 3),
+            end_s=round(piece.start_s + duration_s, 3),
+            text=text,
+            language=str(tags.get("language", "")),
+            emotion=str(tags.get("emotion", "")),
+            event=str(tags.get("event", "")),
+            itn=bool(tags.get("itn", self.settings.use_itn)),
+            tokens=tuple(tokens),
+        )

@@ -1,0 +1,163 @@
+"""One file end to end: decode → speech segments → SenseVoice → cues → sidecars, in bounded memory.
+
+Audio is streamed block by block; speech pieces go to the engine in groups as they close, so a 4-hour
+file holds one block, the open speech span and the pieces waiting for a batch — never the whole file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from svdaemon import audio, subtitles
+from svdaemon.config import Config
+from svdaemon.engine import EngineSettings, SenseVoiceEngine
+from svdaemon.errors import DecodeError, SourceChanged
+from svdaemon.models import resolve_model_dir
+from svdaemon.sidecars import HashStore, SidecarSettings, write_sidecars
+from svdaemon.transcript import Segment, Transcript
+from svdaemon.vad import SpeechSegmenter, load_vad_model
+
+log = logging.getLogger(__name__)
+
+BLOCK_S = 30.0  # decoded audio per step
+FLUSH_SPEECH_S = 240.0  # speech gathered before it goes to the engine: enough for full batches
+
+Progress = Callable[[float], None]  # seconds of audio done
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What must not change between reading a file and writing its sidecars."""
+
+    size: int
+    mtime_ns: int
+    inode: int
+
+    @classmethod
+    def of(cls, path: Path) -> Fingerprint:
+        st = os.stat(path)
+        return cls(st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    source: Path
+    transcript: Transcript
+    written: tuple[Path, ...]
+    wall_s: float
+
+    @property
+    def realtime_factor(self) -> float:
+        return self.transcript.duration_s / self.wall_s if self.wall_s > 0 else 0.0
+
+
+def set_threads(threads: int | None) -> int:
+    """Set torch's CPU threads last: importing silero sets 1, FunASR sets its `ncpu`; whichever ran last won."""
+    import torch
+
+    count = threads or len(os.sched_getaffinity(0))
+    torch.set_num_threads(count)
+    return count
+
+
+def dominant_language(segments: tuple[Segment, ...]) -> str:
+    """The language of the most speech time; "" without speech."""
+    spoken: Counter[str] = Counter()
+    for segment in segments:
+        if segment.language and segment.language != "nospeech":
+            spoken[segment.language] += segment.end_s - segment.start_s
+    return spoken.most_common(1)[0][0] if spoken else ""
+
+
+class Pipeline:
+    """The loaded models and settings; `transcribe_file` does one file, `write` its sidecars."""
+
+    def __init__(self, config: Config, engine: SenseVoiceEngine, vad_model) -> None:
+        self.config = config
+        self.engine = engine
+        self.vad_model = vad_model
+        self.store = HashStore(config.state_dir)
+        self.sidecar_settings = SidecarSettings(
+            output_dir=config.output_dir, language_in_name=config.language_in_name, overwrite=config.overwrite
+        )
+
+    @classmethod
+    def load(cls, config: Config, threads: int | None = None, download: bool = True) -> Pipeline:
+        """Load VAD and SenseVoice (StartupError when that cannot be done), then fix the thread count."""
+        vad_model = load_vad_model()
+        model_dir = resolve_model_dir(config.model, config.model_hub, download=download)
+        engine = SenseVoiceEngine(
+            EngineSettings(
+                model_dir=model_dir,
+                model_name=config.model,
+                device=config.device,
+                precision=config.precision,
+                language=config.language,
+                use_itn=config.use_itn,
+                threads=threads,
+            )
+        )
+        set_threads(threads)
+        return cls(config, engine, vad_model)
+
+    def transcribe_file(self, source: Path, progress: Progress | None = None) -> Transcript:
+        """Recognise all speech in `source`; DecodeError when it holds no decodable audio."""
+        segmenter = SpeechSegmenter(self.vad_model, self.config.vad)
+        segments: list[Segment] = []
+        pending = []
+        decoded = 0
+        for block in audio.decode_blocks(source, block_s=BLOCK_S, audio_language=self.config.audio_language):
+            decoded += len(block)
+            pending.extend(segmenter.push(block))
+            if sum(len(piece.samples) for piece in pending) >= FLUSH_SPEECH_S * audio.SAMPLE_RATE:
+                segments.extend(self.engine.recognize(pending))
+                pending = []
+            if progress:
+                progress(decoded / audio.SAMPLE_RATE)
+        if decoded == 0:
+            raise DecodeError(f"{source}: no audio decoded (zero duration)")
+        pending.extend(segmenter.finish())
+        segments.extend(self.engine.recognize(pending))
+        spoken = tuple(segment for segment in segments if segment.text)
+        return Transcript(
+            file=source.absolute(),
+            duration_s=round(decoded / audio.SAMPLE_RATE, 3),
+            model=self.engine.settings.model_name,
+            device=self.engine.device,
+            precision=self.engine.precision,
+            language=dominant_language(spoken),
+            segments=spoken,
+        )
+
+    def render(self, transcript: Transcript, formats: tuple[str, ...]) -> dict[str, str]:
+        return {fmt: subtitles.render(fmt, transcript, self.config.subtitles) for fmt in formats}
+
+    def process(
+        self,
+        source: Path,
+        root: Path | None = None,
+        formats: tuple[str, ...] | None = None,
+        progress: Progress | None = None,
+    ) -> Outcome:
+        """Transcribe `source` and write its sidecars; nothing is written if the file changed meanwhile."""
+        started = time.perf_counter()
+        audio.probe(source, self.config.audio_language)  # bad files fail before any model work
+        before = Fingerprint.of(source)
+        transcript = self.transcribe_file(source, progress)
+        if Fingerprint.of(source) != before:
+            raise SourceChanged(f"{source}: changed while it was being transcribed; no sidecars written")
+        written = write_sidecars(
+            source,
+            self.render(transcript, formats or self.config.formats),
+            language=transcript.language,
+            settings=self.sidecar_settings,
+            store=self.store,
+            root=root,
+        )
+        return Outcome(source, transcript, tuple(written), time.perf_counter() - started)

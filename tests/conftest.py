@@ -1,0 +1,50 @@
+"""Shared fixtures: real things built once per session (the tiny random SenseVoiceSmall, the engine)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from svdaemon.engine import EngineSettings, SenseVoiceEngine
+from svdaemon.synthetic_model import TINY, build_model_dir
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`gpu` tests run where CUDA is, and are skipped, saying why, everywhere else (CI has no GPU)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU; none on this machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random SenseVoiceSmall folder, loadable by FunASR's own AutoModel."""
+    return build_model_dir(tmp_path_factory.mktemp("tiny-sensevoice"), TINY, seed=0)
+
+
+@pytest.fixture(scope="session")
+def cpu_engine(tiny_model_dir: Path) -> SenseVoiceEngine:
+    return SenseVoiceEngine(
+        EngineSettings(
+            model_dir=tiny_model_dir, model_name=str(tiny_model_dir), device="cpu", precision="fp32"
+        )
+    )
+
+
+@pytest.fixture(autouse=True)
+def no_thread_leaks():
+    """A test that leaves a Python thread running fails: the daemon must stop what it starts."""
+    before = set(threading.enumerate())
+    yield
+    leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+    for thread in leaked:
+        thread.join(timeout=2)
+    still = [t.name for t in leaked if t.is_alive()]
+    assert not still, f"threads leaked: {still}"
