@@ -1,0 +1,96 @@
+"""One file through the whole pipeline with real components (PyAV, silero, the tiny model via FunASR)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from svdaemon.config import Config, load_config
+from svdaemon.errors import SourceChanged
+from svdaemon.pipeline import Pipeline, dominant_language
+from svdaemon.synthetic_speech import build_track
+from svdaemon.transcript import Segment
+
+from media import write_audio
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def config(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Config:
+    state = tmp_path_factory.mktemp("state")
+    return load_config(
+        None,
+        {"model": str(tiny_model_dir), "device": "cpu", "state_dir": str(state), "watch": []},
+    )
+
+
+@pytest.fixture(scope="module")
+def pipeline(config: Config) -> Pipeline:
+    return Pipeline.load(config, threads=1)
+
+
+def test_thread_count_is_set_after_silero_and_funasr(config):
+    """silero's import sets 1 thread and FunASR sets its ncpu; svdaemon's choice must win, both ways."""
+    Pipeline.load(config, threads=1)
+    assert torch.get_num_threads() == 1
+    Pipeline.load(config, threads=None)
+    assert torch.get_num_threads() == len(os.sched_getaffinity(0))
+    Pipeline.load(config, threads=1)
+
+
+def test_speech_becomes_segments_in_file_time(pipeline, tmp_path):
+    track = build_track(
+        [1.0, "Seven lazy owls were reading maps in the garden", 2.0, "Rain fell all night", 1.0]
+    )
+    source = write_audio(tmp_path / "owls.flac", track.samples, 16000)
+    transcript = pipeline.transcribe_file(source)
+    assert transcript.duration_s == pytest.approx(len(track.samples) / 16000, abs=0.05)
+    assert 1 <= len(transcript.segments) <= 2
+    first_speech_s = track.speech[0][0] / 16000
+    assert transcript.segments[0].start_s == pytest.approx(first_speech_s - 0.1, abs=0.15)
+    assert transcript.segments[-1].end_s <= transcript.duration_s
+
+
+def test_source_changed_while_transcribing_writes_nothing(pipeline, tmp_path):
+    track = build_track(["Please remember to bring the blue umbrella tomorrow", 0.5] * 3)
+    source = write_audio(tmp_path / "moving.wav", track.samples, 16000)
+
+    def touch_midway(done_s: float) -> None:
+        os.utime(source, ns=(1, 1))
+
+    with pytest.raises(SourceChanged, match=r"moving\.wav: changed while it was being transcribed"):
+        pipeline.process(source, root=tmp_path, progress=touch_midway)
+    assert not list(tmp_path.glob("moving*.srt")) and not list(tmp_path.glob("moving*.txt"))
+
+
+def test_same_content_gives_the_same_sidecars(pipeline, tmp_path):
+    track = build_track([0.3, "Warm bread and honey make a wonderful morning meal", 0.4])
+    outputs = []
+    for folder in ("one", "two"):
+        (tmp_path / folder).mkdir()
+        source = write_audio(tmp_path / folder / "a.wav", track.samples, 16000)
+        outcome = pipeline.process(source, root=source.parent, formats=("txt", "srt", "vtt"))
+        outputs.append({path.name: path.read_bytes() for path in outcome.written})
+    assert outputs[0] == outputs[1]
+
+
+def test_dominant_language_is_the_one_spoken_longest():
+    def seg(language: str, seconds: float) -> Segment:
+        return Segment(0.0, seconds, "x", language, "neutral", "speech", True, ())
+
+    assert dominant_language((seg("en", 3), seg("zh", 5), seg("en", 1))) == "zh"
+    assert dominant_language((seg("nospeech", 9), seg("ja", 1))) == "ja"
+    assert dominant_language(()) == ""
+
+
+def test_formats_override_per_call(pipeline, tmp_path):
+    source = write_audio(tmp_path / "short.wav", np.zeros(8000, np.float32), 16000)
+    outcome = pipeline.process(source, root=tmp_path, formats=("json",))
+    assert [path.name for path in outcome.written] == ["short.json"]
+    assert dataclasses.asdict(outcome.transcript)["segments"] == ()
