@@ -129,7 +129,7 @@ def cmd_model_fetch(args: argparse.Namespace, config: Config) -> int:
 def cmd_doctor(args: argparse.Namespace, config: Config) -> int:
     from svdaemon.doctor import report
 
-    lines, healthy = report(config)
+    lines, healthy = report(config, args.config)
     for line in lines:
         print(line)
     return EXIT_OK if healthy else EXIT_STARTUP

@@ -6,6 +6,7 @@ import os
 import platform
 import shutil
 from importlib import metadata
+from pathlib import Path
 
 from svdaemon.config import Config, default_config_path
 from svdaemon.errors import StartupError
@@ -51,7 +52,7 @@ def _model_line(config: Config) -> tuple[str, bool]:
     return f"model: {config.model} → {directory}", True
 
 
-def report(config: Config) -> tuple[list[str], bool]:
+def report(config: Config, config_path: Path | None) -> tuple[list[str], bool]:
     """Lines to print, and whether svdaemon can start with this configuration."""
     import av
 
@@ -59,7 +60,7 @@ def report(config: Config) -> tuple[list[str], bool]:
 
     lines = [
         f"svdaemon {_version('svdaemon')} on Python {platform.python_version()} ({platform.platform()})",
-        f"config: {default_config_path()}",
+        f"config: {config_path or default_config_path()}",
         f"cores: {len(os.sched_getaffinity(0))}",
         f"torch {_version('torch')}, torchaudio {_version('torchaudio')}, funasr {_version('funasr')}, "
         f"silero-vad {_version('silero-vad')}",
