@@ -18,10 +18,10 @@ EXIT_OK, EXIT_FILES_FAILED, EXIT_STARTUP = 0, 1, 2
 
 
 class _OwnRecordsOnly(logging.Filter):
-    """Third-party libraries log chatter on the root logger at INFO; keep their warnings, drop the rest."""
+    """FunASR logs chatter on the root logger, warnings included ("trust_remote_code: False"); keep its errors."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.name.startswith("svdaemon") or record.levelno >= logging.WARNING
+        return record.name.startswith("svdaemon") or record.levelno >= logging.ERROR
 
 
 def setup_logging(verbose: int) -> None:
@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.set_defaults(handler=cmd_doctor)
 
     bench = commands.add_parser("bench", parents=[common], help="svdaemon against FunASR on the same audio")
-    bench.add_argument("--minutes", type=float, default=5.0, help="minutes of synthetic speech (default 5)")
+    bench.add_argument("--minutes", type=float, default=10.0, help="minutes of synthetic speech (default 10)")
     bench.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     bench.add_argument("--json", type=Path, help="also write the results as JSON here")
     bench.add_argument("--rows", help="comma list of rows to run (default: all)")

@@ -30,6 +30,21 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def broken_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with its first post-norm encoder block missing from model.pt: FunASR loads it quietly."""
+    import torch
+
+    broken = tmp_path_factory.mktemp("broken-sensevoice")
+    for name in ("config.yaml", "am.mvn", "bpe.model"):
+        (broken / name).write_bytes((tiny_model_dir / name).read_bytes())
+    state = torch.load(tiny_model_dir / "model.pt", weights_only=True)
+    torch.save(
+        {k: v for k, v in state.items() if not k.startswith("encoder.tp_encoders.0.")}, broken / "model.pt"
+    )
+    return broken
+
+
+@pytest.fixture(scope="session")
 def cpu_engine(tiny_model_dir: Path) -> SenseVoiceEngine:
     return SenseVoiceEngine(
         EngineSettings(

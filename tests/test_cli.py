@@ -152,7 +152,7 @@ def test_truncated_mp3_gives_what_decodes(run, tmp_path, speech_samples):
     assert "cut.mp3" in err and "WARNING" in err
 
 
-def test_startup_errors_exit_2_with_one_line(tmp_path, tiny_model_dir):
+def test_startup_errors_exit_2_with_one_line(tmp_path, tiny_model_dir, broken_model_dir):
     """Run as a real process: one line on stderr, no traceback, exit 2."""
     source = tmp_path / "x.wav"
     write_audio(source, np.zeros(16000, np.float32), 16000)
@@ -160,6 +160,7 @@ def test_startup_errors_exit_2_with_one_line(tmp_path, tiny_model_dir):
     no_model.mkdir()
     cases = [
         (["--model", str(no_model), "--device", "cpu"], "not a SenseVoice model folder"),
+        (["--model", str(broken_model_dir), "--device", "cpu"], "weights did not load from the checkpoint"),
         (["--model", str(tiny_model_dir), "--device", "cuda"], 'device: "cuda"'),
         (["--model", str(tiny_model_dir), "--precision", "fp8"], "invalid choice"),
     ]
