@@ -402,6 +402,9 @@ def _replace_all(contents: Mapping[Path, bytes]) -> None:
             _remove_quietly(temp)
     for directory in {target.parent for target in contents}:
         _fsync_directory(directory)
+        swept = sweep_temp_files(directory)
+        if swept:
+            log.info("%s: removed %d temporary file(s) an interrupted write had left", directory, swept)
 
 
 def _write_temp(target: Path, data: bytes, mode: int) -> str:

@@ -324,6 +324,16 @@ def test_sweep_removes_only_old_svdaemon_temp_files(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
+def test_writing_sweeps_temps_a_crash_left_in_that_folder(tmp_path: Path, store: HashStore) -> None:
+    crashed = tmp_path / ".svdaemon-crashed.tmp"
+    crashed.write_text("half a subtitle", encoding="utf-8")
+    os.utime(crashed, (1_000_000, 1_000_000))
+    write(make_source(tmp_path / "talk.wav"), store)
+    assert not crashed.exists()
+    assert not list(tmp_path.glob(".svdaemon-*.tmp"))
+
+
+@pytest.mark.integration
 @pytest.mark.parametrize("name", ["-talk é 漢字.wav", "two  spaces.mp3", ".hidden.mp4"])
 def test_unusual_names_get_their_sidecars(tmp_path: Path, store: HashStore, name: str) -> None:
     source = make_source(tmp_path / name)
