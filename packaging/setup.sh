@@ -11,6 +11,10 @@ with_tests=0
 
 debs=()
 python3 -c 'import ensurepip, venv' 2>/dev/null || debs+=(python3-venv)
+# A few dependencies (crcmod, via FunASR's hub clients) compile a C extension when no wheel fits.
+command -v cc >/dev/null || debs+=(gcc)
+python3 -c 'import os, sysconfig; assert os.path.exists(sysconfig.get_paths()["include"] + "/Python.h")' \
+  2>/dev/null || debs+=(python3-dev)
 [ $with_tests = 1 ] && ! command -v espeak-ng >/dev/null && debs+=(espeak-ng)
 if [ ${#debs[@]} -gt 0 ]; then
   sudo=""

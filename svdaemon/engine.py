@@ -34,7 +34,12 @@ TEXTNORM_QUERY = {True: 14, False: 15}  # withitn, woitn
 EVENT_EMOTION_QUERY = (1, 2)
 BLANK_ID = 0
 ATTENTION_FRAMES = 3000  # length at which a frame's attention costs as much as its linear layers
-BATCH_CALL_COST_FRAMES = 40.0  # fixed cost of one encoder call, in frames of work
+# Measured on a 2-core x86 CPU with the full-size model (docs/benchmarks.md): a call costs about as much
+# as 100 frames of work, and per-frame cost is lowest at 1200-2400 padded frames per call (beyond, the
+# activations leave the cache).
+BATCH_CALL_COST_FRAMES = 100.0
+CPU_BATCH_MAX_FRAMES = 2400
+CUDA_BATCH_MAX_FRAMES = 8000  # until the VRAM budget (memory module) sizes batches on CUDA
 REQUIRED_FILES = ("config.yaml", "model.pt", "am.mvn")
 
 _TAG = re.compile(r"^<\|(.+)\|>$")
@@ -61,7 +66,7 @@ class EngineSettings:
     precision: str = "fp16"
     language: str = "auto"
     use_itn: bool = True
-    batch_max_frames: int = 4000  # padded encoder frames per batch; the VRAM budget replaces it on CUDA
+    batch_max_frames: int | None = None  # padded encoder frames per call; None: the device's default
     threads: int | None = None
 
 
@@ -257,6 +262,9 @@ class SenseVoiceEngine:
         self.settings = settings
         self.device = resolve_device(settings.device)
         self.precision = effective_precision(self.device, settings.precision)
+        self.batch_max_frames = settings.batch_max_frames or (
+            CPU_BATCH_MAX_FRAMES if self.device == "cpu" else CUDA_BATCH_MAX_FRAMES
+        )
         self._compute_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[
             self.precision
         ]
@@ -351,7 +359,7 @@ class SenseVoiceEngine:
         """Segments for pieces of speech, in the given order, batched longest first."""
         lengths = [encoder_frames(len(piece.samples)) for piece in pieces]
         results: list[Segment | None] = [None] * len(pieces)
-        for batch in plan_batches(lengths, self.settings.batch_max_frames):
+        for batch in plan_batches(lengths, self.batch_max_frames):
             raw = self.recognize_raw([pieces[i].samples for i in batch])
             for index, recognition in zip(batch, raw, strict=True):
                 results[index] = self._segment(pieces[index], recognition)

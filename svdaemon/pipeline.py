@@ -26,7 +26,7 @@ from svdaemon.vad import SpeechSegmenter, load_vad_model
 log = logging.getLogger(__name__)
 
 BLOCK_S = 30.0  # decoded audio per step
-FLUSH_SPEECH_S = 240.0  # speech gathered before it goes to the engine: enough for full batches
+FLUSH_SPEECH_S = 600.0  # speech gathered before it goes to the engine: a pool for well-matched batches
 
 Progress = Callable[[float], None]  # seconds of audio done
 
