@@ -14,7 +14,7 @@ import io
 import logging
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -355,14 +355,23 @@ class SenseVoiceEngine:
 
     # ---- from speech pieces to Segments ------------------------------------------------------------
 
-    def recognize(self, pieces: Sequence[SpeechLike]) -> list[Segment]:
-        """Segments for pieces of speech, in the given order, batched longest first."""
+    def recognize(
+        self, pieces: Sequence[SpeechLike], progress: Callable[[float], None] | None = None
+    ) -> list[Segment]:
+        """Segments for pieces of speech, in the given order, computed in batches of similar length.
+
+        `progress` hears, after each batch, the fraction of the pieces' encoder frames done.
+        """
         lengths = [encoder_frames(len(piece.samples)) for piece in pieces]
         results: list[Segment | None] = [None] * len(pieces)
+        done = 0
         for batch in plan_batches(lengths, self.batch_max_frames):
             raw = self.recognize_raw([pieces[i].samples for i in batch])
             for index, recognition in zip(batch, raw, strict=True):
                 results[index] = self._segment(pieces[index], recognition)
+            done += sum(lengths[i] for i in batch)
+            if progress:
+                progress(done / sum(lengths))
         return [segment for segment in results if segment is not None]
 
     def _segment(self, piece: SpeechLike, recognition: Recognition) -> Segment:

@@ -107,33 +107,45 @@ class Pipeline:
         return cls(config, engine, vad_model)
 
     def transcribe_file(self, source: Path, progress: Progress | None = None) -> Transcript:
-        """Recognise all speech in `source`; DecodeError when it holds no decodable audio."""
+        """Recognise all speech in `source`; DecodeError when it holds no decodable audio.
+
+        `progress` hears how far into the file everything is recognised, batch by batch.
+        """
         segmenter = SpeechSegmenter(self.vad_model, self.config.vad)
         segments: list[Segment] = []
         pending = []
         decoded = 0
+        recognised_s = 0.0
         for block in audio.decode_blocks(source, block_s=BLOCK_S, audio_language=self.config.audio_language):
             decoded += len(block)
             pending.extend(segmenter.push(block))
             if sum(len(piece.samples) for piece in pending) >= FLUSH_SPEECH_S * audio.SAMPLE_RATE:
-                segments.extend(self.engine.recognize(pending))
-                pending = []
-            if progress:
-                progress(decoded / audio.SAMPLE_RATE)
+                decoded_s = decoded / audio.SAMPLE_RATE
+                segments.extend(self._recognise(pending, recognised_s, decoded_s, progress))
+                pending, recognised_s = [], decoded_s
         if decoded == 0:
             raise DecodeError(f"{source}: no audio decoded (zero duration)")
+        duration_s = decoded / audio.SAMPLE_RATE
         pending.extend(segmenter.finish())
-        segments.extend(self.engine.recognize(pending))
+        segments.extend(self._recognise(pending, recognised_s, duration_s, progress))
+        if progress:
+            progress(duration_s)
         spoken = tuple(segment for segment in segments if segment.text)
         return Transcript(
             file=source.absolute(),
-            duration_s=round(decoded / audio.SAMPLE_RATE, 3),
+            duration_s=round(duration_s, 3),
             model=self.engine.settings.model_name,
             device=self.engine.device,
             precision=self.engine.precision,
             language=dominant_language(spoken),
             segments=spoken,
         )
+
+    def _recognise(self, pieces, from_s: float, to_s: float, progress: Progress | None) -> list[Segment]:
+        """Recognise the pieces that close the audio span [from_s, to_s]; progress moves through that span."""
+        if progress is None:
+            return self.engine.recognize(pieces)
+        return self.engine.recognize(pieces, lambda fraction: progress(from_s + fraction * (to_s - from_s)))
 
     def render(self, transcript: Transcript, formats: tuple[str, ...]) -> dict[str, str]:
         return {fmt: subtitles.render(fmt, transcript, self.config.subtitles) for fmt in formats}

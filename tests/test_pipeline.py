@@ -94,3 +94,18 @@ def test_formats_override_per_call(pipeline, tmp_path):
     outcome = pipeline.process(source, root=tmp_path, formats=("json",))
     assert [path.name for path in outcome.written] == ["short.json"]
     assert dataclasses.asdict(outcome.transcript)["segments"] == ()
+
+
+def test_progress_moves_forward_as_speech_is_recognised(pipeline, tmp_path, monkeypatch):
+    """Small blocks, VAD batches and speech pool make the engine run several times on a short file."""
+    monkeypatch.setattr("svdaemon.pipeline.FLUSH_SPEECH_S", 3.0)
+    monkeypatch.setattr("svdaemon.pipeline.BLOCK_S", 2.0)
+    monkeypatch.setattr("svdaemon.vad.MAX_ROWS", 2)
+    track = build_track([0.5, "Lions rarely roam alone in the wide open meadow", 1.0] * 4)
+    source = write_audio(tmp_path / "lions.wav", track.samples, 16000)
+    seen: list[float] = []
+    transcript = pipeline.transcribe_file(source, progress=seen.append)
+    assert len(seen) >= 3
+    assert seen == sorted(seen)
+    assert 0 < seen[0] < transcript.duration_s
+    assert seen[-1] == pytest.approx(transcript.duration_s)
