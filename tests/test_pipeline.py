@@ -108,4 +108,4 @@ def test_progress_moves_forward_as_speech_is_recognised(pipeline, tmp_path, monk
     assert len(seen) >= 3
     assert seen == sorted(seen)
     assert 0 < seen[0] < transcript.duration_s
-    assert seen[-1] == pytest.approx(transcript.duration_s)
+    assert seen[-1] == pytest.approx(transcript.duration_s, abs=1e-3)
