@@ -59,7 +59,13 @@ def _progress_bar(name: str, total_s: float):
         return None, lambda done_s: None
     from tqdm import tqdm
 
-    bar = tqdm(total=round(total_s, 1), desc=name, unit="s", leave=False, file=sys.stderr)
+    bar = tqdm(
+        total=round(total_s, 1),
+        desc=name,
+        leave=False,
+        file=sys.stderr,
+        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s of audio [{elapsed}<{remaining}]",
+    )
 
     def update(done_s: float) -> None:
         bar.update(round(min(done_s, total_s), 1) - bar.n)
