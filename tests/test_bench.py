@@ -111,11 +111,15 @@ def test_bench_runs_end_to_end_and_writes_json(tmp_path: Path):
     assert "svdaemon / best FunASR row (funasr-" in done.stdout
 
 
-@pytest.mark.slow
 @pytest.mark.integration
-def test_memory_does_not_grow_with_duration(tmp_path: Path):
-    command = [sys.executable, str(REPO / "bench" / "memory_check.py"), "--short-minutes", "2"]
-    command += ["--long-minutes", "20", "--work-dir", str(tmp_path)]
+@pytest.mark.parametrize(
+    ("short_minutes", "long_minutes"),
+    [(2, 20), pytest.param(10, 240, marks=pytest.mark.slow, id="issue-size")],
+)
+def test_memory_does_not_grow_with_duration(tmp_path: Path, short_minutes: int, long_minutes: int):
+    """The issue's criterion (peak RSS within 300 MB); CI runs 2 vs 20 min, `-m slow` the 10 vs 240 min."""
+    command = [sys.executable, str(REPO / "bench" / "memory_check.py"), "--short-minutes", str(short_minutes)]
+    command += ["--long-minutes", str(long_minutes), "--work-dir", str(tmp_path)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "PASS" in done.stdout
