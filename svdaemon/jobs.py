@@ -22,6 +22,7 @@ from dataclasses import astuple, dataclass
 from pathlib import Path
 
 from svdaemon.errors import StartupError
+from svdaemon.fingerprint import Fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -84,20 +85,6 @@ class EnqueueResult(enum.Enum):
     ADDED = "added"
     REQUEUED = "requeued"  # known path, changed content: a fresh job, attempts reset
     UNCHANGED = "unchanged"  # known path and fingerprint, whatever its state
-
-
-@dataclass(frozen=True)
-class Fingerprint:
-    """What tells one content of a path from the next without reading it."""
-
-    size: int
-    mtime_ns: int
-    inode: int
-
-    @classmethod
-    def of(cls, path: Path | str) -> Fingerprint:
-        info = os.stat(path)
-        return cls(size=info.st_size, mtime_ns=info.st_mtime_ns, inode=info.st_ino)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from svdaemon import audio, subtitles
 from svdaemon.config import Config
 from svdaemon.engine import EngineSettings, SenseVoiceEngine
 from svdaemon.errors import DecodeError, SourceChanged
+from svdaemon.fingerprint import Fingerprint
 from svdaemon.models import resolve_model_dir
 from svdaemon.sidecars import HashStore, SidecarSettings, write_sidecars
 from svdaemon.transcript import Segment, Transcript
@@ -29,20 +30,6 @@ BLOCK_S = 30.0  # decoded audio per step
 FLUSH_SPEECH_S = 600.0  # speech gathered before it goes to the engine: a pool for well-matched batches
 
 Progress = Callable[[float], None]  # seconds of audio done
-
-
-@dataclass(frozen=True)
-class Fingerprint:
-    """What must not change between reading a file and writing its sidecars."""
-
-    size: int
-    mtime_ns: int
-    inode: int
-
-    @classmethod
-    def of(cls, path: Path) -> Fingerprint:
-        st = os.stat(path)
-        return cls(st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from watchdog.observers.inotify import InotifyObserver
 from watchdog.observers.polling import PollingObserver
 
 from svdaemon.config import WatchRoot
+from svdaemon.fingerprint import Fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -58,19 +59,6 @@ _WATCHDOG_LOGGER = "watchdog.observers"
 StatFn = Callable[[str], os.stat_result]
 ListdirFn = Callable[[str], Iterable[str]]
 OnReady = Callable[[Path, WatchRoot, os.stat_result], None]
-
-
-@dataclass(frozen=True)
-class FileState:
-    """What "unchanged" compares: a replaced file (new inode) counts as changed."""
-
-    size: int
-    mtime_ns: int
-    inode: int
-
-    @classmethod
-    def of(cls, st: os.stat_result) -> FileState:
-        return cls(st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 def skip_reason(path: Path, root: WatchRoot, output_dirs: Iterable[Path]) -> str | None:
@@ -131,11 +119,11 @@ class SettleTracker:
         self._settle_s = settle_s
         self._clock = clock
         self._stat = stat
-        self._pending: dict[Path, tuple[FileState, float]] = {}
-        self._reported: dict[Path, FileState] = {}
+        self._pending: dict[Path, tuple[Fingerprint, float]] = {}
+        self._reported: dict[Path, Fingerprint] = {}
 
     def observe(self, path: Path, st: os.stat_result) -> None:
-        state = FileState.of(st)
+        state = Fingerprint.of_stat(st)
         if self._reported.get(path) == state:
             return
         previous = self._pending.get(path)
@@ -153,7 +141,7 @@ class SettleTracker:
                 log.debug("%s: gone before it settled", path)
                 del self._pending[path]
                 continue
-            current = FileState.of(st)
+            current = Fingerprint.of_stat(st)
             if current != state:
                 self._pending[path] = (current, now)
             elif now - changed_at >= self._settle_s:
@@ -162,7 +150,7 @@ class SettleTracker:
         return settled
 
     def mark_reported(self, path: Path, st: os.stat_result) -> None:
-        self._reported[path] = FileState.of(st)
+        self._reported[path] = Fingerprint.of_stat(st)
 
     def forget_missing(self, under: Path, seen: set[Path]) -> None:
         """After a full scan of `under`: drop what is remembered there but was not seen (deleted files)."""

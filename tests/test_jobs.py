@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from svdaemon.errors import StartupError
+from svdaemon.fingerprint import Fingerprint
 from svdaemon.jobs import (
     DB_NAME,
     SCHEMA_VERSION,
     EnqueueResult,
     ErrorKind,
-    Fingerprint,
     Job,
     JobQueue,
     JobState,
