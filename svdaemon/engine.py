@@ -295,10 +295,6 @@ class SenseVoiceEngine:
         self._sp = self.tokenizer.sp
         log.info("SenseVoice loaded from %s on %s (%s)", settings.model_dir, self.device, self.precision)
 
-    @property
-    def description(self) -> str:
-        return f"{self.device} ({self.precision})"
-
     # ---- the batched forward pass ------------------------------------------------------------------
 
     def _autocast(self):
