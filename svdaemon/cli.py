@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -150,6 +152,115 @@ def cmd_bench(args: argparse.Namespace, config: Config) -> int:
     return run_bench(args, config)
 
 
+# ---- the queue and the running daemon (no torch: these answer within a second) ----------------------
+
+EXIT_NO_DAEMON = 3
+
+
+def _counts_line(counts: dict[str, int]) -> str:
+    return ", ".join(f"{count} {state}" for state, count in counts.items())
+
+
+def _queue_counts(config: Config) -> dict[str, int]:
+    from svdaemon.jobs import JobQueue
+
+    with JobQueue.open(config.state_dir) as queue:
+        return {state.value: count for state, count in queue.counts().items()}
+
+
+def cmd_status(args: argparse.Namespace, config: Config) -> int:
+    from svdaemon.control import Command, DaemonNotRunning, request
+
+    try:
+        snapshot = request(config.state_dir, Command("status")).snapshot
+    except DaemonNotRunning:
+        counts = _queue_counts(config)
+        if args.json:
+            print(json.dumps({"running": False, "queue": counts}))
+        else:
+            print(f"svdaemon is not running\nqueue: {_counts_line(counts)}")
+        return EXIT_NO_DAEMON
+    assert snapshot is not None  # the server always answers status with a snapshot
+    if args.json:
+        print(json.dumps({"running": True, **snapshot.to_json()}))
+        return EXIT_OK
+    print(f"state: {snapshot.state.value} on {snapshot.device} ({snapshot.precision})")
+    if snapshot.current_file:
+        done = f" {snapshot.progress:.0%}" if snapshot.progress is not None else ""
+        print(f"file: {snapshot.current_file}{done}")
+    print(f"queue: {_counts_line(snapshot.queue)}")
+    if snapshot.vram_total_mb:
+        print(f"VRAM: {snapshot.vram_used_mb} / {snapshot.vram_total_mb} MB")
+    paused = f"yes ({snapshot.pause_reason})" if snapshot.paused and snapshot.pause_reason else "yes"
+    print(f"paused: {paused if snapshot.paused else 'no'}")
+    if snapshot.last_error:
+        print(f"last error: {snapshot.last_error}")
+    return EXIT_OK
+
+
+def cmd_control(args: argparse.Namespace, config: Config) -> int:
+    """pause, resume, device NAME: one command to the running daemon."""
+    from svdaemon.control import Command, DaemonNotRunning, request
+
+    try:
+        reply = request(config.state_dir, Command(args.command, getattr(args, "name", None)))
+    except DaemonNotRunning:
+        print("svdaemon is not running", file=sys.stderr)
+        return EXIT_NO_DAEMON
+    print(reply.message)
+    return EXIT_OK if reply.ok else EXIT_FILES_FAILED
+
+
+def cmd_queue(args: argparse.Namespace, config: Config) -> int:
+    from svdaemon.jobs import JobQueue, JobState
+
+    with JobQueue.open(config.state_dir) as queue:
+        jobs = queue.jobs([JobState.FAILED] if args.failed else None)
+    if args.json:
+        rows = [
+            {
+                "path": os.fsdecode(job.path),
+                "state": job.state.value,
+                "priority": job.priority,
+                "attempts": job.attempts,
+                "last_error": job.last_error,
+            }
+            for job in jobs
+        ]
+        print(json.dumps(rows, ensure_ascii=False))
+        return EXIT_OK
+    for job in jobs:
+        error = f"  {job.last_error}" if job.last_error else ""
+        print(f"{job.state.value:<8} {job.attempts}  {job.path}{error}")
+    return EXIT_OK
+
+
+def _report_unknown(unknown: list[Path]) -> int:
+    for path in unknown:
+        print(f"unknown: {path} is not in the queue", file=sys.stderr)
+    return EXIT_FILES_FAILED if unknown else EXIT_OK
+
+
+def cmd_retry(args: argparse.Namespace, config: Config) -> int:
+    from svdaemon.jobs import JobQueue
+
+    with JobQueue.open(config.state_dir) as queue:
+        if args.all_failed:
+            print(f"{queue.retry_all_failed()} failed job(s) queued again")
+            return EXIT_OK
+        if not args.paths:
+            print("svdaemon retry: give PATH... or --all-failed", file=sys.stderr)
+            return EXIT_STARTUP
+        return _report_unknown(queue.retry([Path(p).absolute() for p in args.paths]))
+
+
+def cmd_bump(args: argparse.Namespace, config: Config) -> int:
+    from svdaemon.jobs import JobQueue
+
+    with JobQueue.open(config.state_dir) as queue:
+        return _report_unknown(queue.bump([Path(p).absolute() for p in args.paths]))
+
+
 # ---- parser -----------------------------------------------------------------------------------------
 
 
@@ -193,6 +304,26 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--rows", help="comma list of rows to run (default: all)")
     bench.add_argument("--work-dir", type=Path, help="where the random full-size model and audio are kept")
     bench.set_defaults(handler=cmd_bench)
+
+    status = commands.add_parser("status", parents=[common], help="the running daemon's state and the queue")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(handler=cmd_status)
+    for name, text in (("pause", "finish the current batch, then hold"), ("resume", "go on after pause")):
+        commands.add_parser(name, parents=[common], help=text).set_defaults(handler=cmd_control)
+    device = commands.add_parser("device", parents=[common], help="move the running daemon to another device")
+    device.add_argument("name", metavar="NAME", help="cpu, cuda or cuda:N")
+    device.set_defaults(handler=cmd_control)
+    queue = commands.add_parser("queue", parents=[common], help="jobs in the state database")
+    queue.add_argument("--failed", action="store_true", help="only failed jobs")
+    queue.add_argument("--json", action="store_true")
+    queue.set_defaults(handler=cmd_queue)
+    retry = commands.add_parser("retry", parents=[common], help="queue files again")
+    retry.add_argument("paths", nargs="*", metavar="PATH")
+    retry.add_argument("--all-failed", action="store_true", help="every failed job")
+    retry.set_defaults(handler=cmd_retry)
+    bump = commands.add_parser("bump", parents=[common], help="move files to the front of the queue")
+    bump.add_argument("paths", nargs="+", metavar="PATH")
+    bump.set_defaults(handler=cmd_bump)
     return parser
 
 

@@ -1,0 +1,135 @@
+"""The fast commands: status, pause/resume/device, queue, retry, bump — real SQLite, real control socket.
+
+No daemon exists yet to answer the socket (issue 4 builds it), so where one is needed the test serves the
+real ControlServer with `DaemonDouble`, a stand-in for the daemon's state and command handling.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from svdaemon import cli
+from svdaemon.control import Command, ControlServer, DaemonState, Reply, StatusSnapshot
+from svdaemon.fingerprint import Fingerprint
+from svdaemon.jobs import ErrorKind, JobQueue, JobState, current_owner
+
+pytestmark = pytest.mark.integration
+
+
+class DaemonDouble:
+    """Stands in for the daemon behind the control socket: a fixed snapshot, commands recorded."""
+
+    def __init__(self) -> None:
+        self.commands: list[Command] = []
+
+    def snapshot(self) -> StatusSnapshot:
+        return StatusSnapshot(
+            state=DaemonState.WORKING,
+            queue={"queued": 2, "running": 1, "done": 7, "failed": 0, "skipped": 0},
+            current_file="/music/talk.mp4",
+            progress=0.42,
+            audio_done_s=25.2,
+            audio_total_s=60.0,
+            device="cuda:0",
+            precision="fp16",
+            vram_used_mb=1834,
+            vram_total_mb=24576,
+            paused=False,
+            pause_reason=None,
+            last_error="/music/bad.mp3: no audio stream",
+            pid=os.getpid(),
+            started_at_s=0.0,
+            version="test",
+        )
+
+    def handle(self, command: Command) -> Reply:
+        self.commands.append(command)
+        return Reply(True, f"{command.name} done")
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(f"state_dir: {tmp_path / 'state'}\nwatch: []\n")
+    return path
+
+
+@pytest.fixture
+def svd(config_file: Path, capsys):
+    def invoke(*args: str) -> tuple[int, str, str]:
+        code = cli.main([*args[:1], "--config", str(config_file), *args[1:]])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return invoke
+
+
+@pytest.fixture
+def queue(tmp_path: Path):
+    with JobQueue.open(tmp_path / "state") as opened:
+        yield opened
+
+
+def test_status_without_a_daemon_exits_3_with_the_queue_counts(svd, queue, tmp_path):
+    queue.enqueue(tmp_path / "a.wav", Fingerprint(1, 1, 1))
+    code, out, _ = svd("status")
+    assert code == 3
+    assert "not running" in out and "1 queued" in out
+    code, out, _ = svd("status", "--json")
+    assert code == 3 and json.loads(out) == {
+        "running": False,
+        "queue": {"queued": 1, "running": 0, "done": 0, "failed": 0, "skipped": 0},
+    }
+
+
+def test_status_and_commands_reach_the_running_daemon(svd, tmp_path):
+    daemon = DaemonDouble()
+    with ControlServer(tmp_path / "state", daemon.snapshot, daemon.handle):
+        code, out, _ = svd("status")
+        assert code == 0
+        assert "working on cuda:0 (fp16)" in out and "/music/talk.mp4 42%" in out
+        assert "VRAM: 1834 / 24576 MB" in out and "no audio stream" in out
+        code, out, _ = svd("status", "--json")
+        assert code == 0 and json.loads(out)["running"] is True
+        assert [svd("pause")[0], svd("resume")[0], svd("device", "cuda:1")[0]] == [0, 0, 0]
+    assert daemon.commands == [Command("pause"), Command("resume"), Command("device", "cuda:1")]
+    assert svd("pause")[0] == 3
+
+
+def test_queue_retry_and_bump(svd, queue, tmp_path):
+    good, bad = tmp_path / "good.wav", tmp_path / "bad.wav"
+    for path in (good, bad):
+        queue.enqueue(path, Fingerprint(1, 1, 1))
+    job = queue.claim(current_owner())
+    assert job is not None and job.path == good
+    queue.fail(job, f"{good}: no audio stream", ErrorKind.BAD_FILE, max_attempts=1)
+
+    code, out, _ = svd("queue", "--failed")
+    assert code == 0 and out.startswith("failed") and "no audio stream" in out and "bad.wav" not in out
+    code, out, _ = svd("queue", "--json")
+    assert {row["state"] for row in json.loads(out)} == {"failed", "queued"}
+
+    code, _, err = svd("retry", str(good), str(tmp_path / "nope.wav"))
+    assert code == 1 and "nope.wav is not in the queue" in err
+    assert queue.get(good).state is JobState.QUEUED
+    assert svd("bump", str(good))[0] == 0
+    assert queue.claim(current_owner()).path == good
+    assert svd("retry", "--all-failed")[1] == "0 failed job(s) queued again\n"
+
+
+def test_fast_commands_never_import_torch(config_file):
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "svdaemon.cli", "status", "--config", str(config_file)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 3, done.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line}
+    assert "torch" not in imported and "funasr" not in imported
