@@ -152,6 +152,15 @@ def cmd_bench(args: argparse.Namespace, config: Config) -> int:
     return run_bench(args, config)
 
 
+# ---- run --------------------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace, config: Config) -> int:
+    from svdaemon.daemon import Daemon
+
+    return Daemon(config, args.config).run()
+
+
 # ---- the queue and the running daemon (no torch: these answer within a second) ----------------------
 
 EXIT_NO_DAEMON = 3
@@ -305,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--work-dir", type=Path, help="where the random full-size model and audio are kept")
     bench.set_defaults(handler=cmd_bench)
 
+    run = commands.add_parser("run", parents=[common], help="the daemon in the foreground")
+    run.set_defaults(handler=cmd_run)
+
     status = commands.add_parser("status", parents=[common], help="the running daemon's state and the queue")
     status.add_argument("--json", action="store_true")
     status.set_defaults(handler=cmd_status)
@@ -329,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
+    setup_logging(args.verbose + (1 if args.command == "run" else 0))  # the daemon says what it does
     try:
         config = load_config(
             args.config, _transcribe_overrides(args) if args.command == "transcribe" else None

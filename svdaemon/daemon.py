@@ -1,0 +1,204 @@
+"""`svdaemon run`: wiring of watcher → queue → worker, the control socket, signals and logs.
+
+No business logic lives here: the watcher finds settled files, the queue keeps them, the worker runs
+them, control answers the CLI. This module starts and stops those in the right order, holds the
+single-instance lock, and turns signals into a clean stop (SIGTERM, SIGINT) or a config reload (SIGHUP).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import logging.handlers
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+from svdaemon import __version__
+from svdaemon.config import Config, load_config
+from svdaemon.control import Command, ControlServer, DaemonState, Reply, StatusSnapshot
+from svdaemon.errors import SvdaemonError
+from svdaemon.fingerprint import Fingerprint
+from svdaemon.jobs import EnqueueResult, JobQueue, current_owner
+from svdaemon.watcher import FolderWatcher
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_STARTUP, EXIT_LOCKED = 0, 2, 75
+STOP_TIMEOUT_S = 10.0
+LOG_FILE, LOG_BYTES, LOG_BACKUPS = "svdaemon.log", 5 * 2**20, 3
+
+
+class AlreadyRunning(SvdaemonError):
+    """Another svdaemon holds the state folder's lock."""
+
+
+def hold_lock(state_dir: Path) -> int:
+    """Take `state_dir/daemon.lock` for this process's life; AlreadyRunning names the holder."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / "daemon.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise AlreadyRunning(f"another svdaemon (pid {holder}) is running with {state_dir}") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def log_to_file(state_dir: Path) -> None:
+    handler = logging.handlers.RotatingFileHandler(
+        state_dir / LOG_FILE, maxBytes=LOG_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8"
+    )
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    for existing in logging.getLogger().handlers:
+        for log_filter in existing.filters:
+            handler.addFilter(log_filter)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(min(root.level, logging.INFO))
+
+
+class Daemon:
+    """The running daemon; `run` returns its exit code."""
+
+    def __init__(self, config: Config, config_path: Path | None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.started_at_s = time.time()
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self.state = DaemonState.LOADING
+
+    def run(self) -> int:
+        from svdaemon.pipeline import Pipeline
+        from svdaemon.worker import Worker
+
+        try:
+            lock = hold_lock(self.config.state_dir)
+        except AlreadyRunning as error:
+            log.error("%s", error)
+            return EXIT_LOCKED
+        try:
+            log_to_file(self.config.state_dir)
+            self._install_signals()
+            self.queue = JobQueue.open(self.config.state_dir)
+            recovered = self.queue.recover()
+            if recovered:
+                log.info("%d job(s) left running by a stopped daemon are queued again", recovered)
+            with ControlServer(self.config.state_dir, self.snapshot, self.handle):
+                pipeline = Pipeline.load(self.config)
+                self.worker = Worker(self.queue, pipeline, self.config, current_owner())
+                self.watcher = self._watcher(self.config)
+                self.worker.start()
+                self.watcher.start()
+                self.state = DaemonState.IDLE
+                log.info(
+                    "svdaemon %s on %s, watching %d folder(s)",
+                    __version__,
+                    pipeline.engine.device,
+                    len(self.config.watch),
+                )
+                self._serve()
+                self.state = DaemonState.STOPPING
+                self.watcher.stop()
+                if not self.worker.stop(STOP_TIMEOUT_S):
+                    log.warning("the worker did not stop within %.0f s", STOP_TIMEOUT_S)
+            self.queue.close()
+            return EXIT_OK
+        finally:
+            os.close(lock)
+
+    def _install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
+        signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
+
+    def _serve(self) -> None:
+        while not self._stop.wait(0.2):
+            if self._reload.is_set():
+                self._reload.clear()
+                self._reload_config()
+
+    def _watcher(self, config: Config) -> FolderWatcher:
+        return FolderWatcher(
+            config.watch,
+            [config.output_dir] if config.output_dir else [],
+            self._on_ready,
+            settle_s=config.settle_s,
+            rescan_interval_s=config.rescan_interval_s,
+        )
+
+    def _on_ready(self, path: Path, root, st: os.stat_result) -> None:
+        result = self.queue.enqueue(path, Fingerprint.of_stat(st), priority=root.priority, root=root.path)
+        if result is not EnqueueResult.UNCHANGED:
+            log.info("%s: queued (%s)", path, result.value)
+            self.worker.wake()
+
+    def _reload_config(self) -> None:
+        """SIGHUP: new watch roots apply at once; a bad config is logged and the old one kept."""
+        try:
+            config = load_config(self.config_path)
+        except SvdaemonError as error:
+            log.error("config not reloaded: %s", error)
+            return
+        self.watcher.stop()
+        self.config = config
+        self.watcher = self._watcher(config)
+        self.watcher.start()
+        log.info("config reloaded: watching %d folder(s)", len(config.watch))
+
+    # ---- control --------------------------------------------------------------------------------------
+
+    def snapshot(self) -> StatusSnapshot:
+        worker = getattr(self, "worker", None)
+        current = worker.current if worker else None
+        paused = bool(worker and worker.paused)
+        state = self.state
+        if state is DaemonState.IDLE and current is not None:
+            state = DaemonState.WORKING
+        if state in (DaemonState.IDLE, DaemonState.WORKING) and paused:
+            state = DaemonState.PAUSED
+        engine = worker.pipeline.engine if worker else None
+        return StatusSnapshot(
+            state=state,
+            queue={job_state.value: count for job_state, count in self.queue.counts().items()},
+            current_file=os.fsdecode(current.path) if current else None,
+            progress=None,
+            audio_done_s=current.done_s if current else None,
+            audio_total_s=None,
+            device=engine.device if engine else self.config.device,
+            precision=engine.precision if engine else self.config.precision,
+            vram_used_mb=None,
+            vram_total_mb=None,
+            paused=paused,
+            pause_reason="user" if paused else None,
+            last_error=worker.last_error if worker else None,
+            pid=os.getpid(),
+            started_at_s=self.started_at_s,
+            version=__version__,
+        )
+
+    def handle(self, command: Command) -> Reply:
+        worker = getattr(self, "worker", None)
+        if command.name == "quit":
+            self._stop.set()
+            return Reply(True, "stopping")
+        if worker is None:
+            return Reply(False, "svdaemon is still loading the model; try again in a moment")
+        if command.name == "pause":
+            worker.pause()
+            return Reply(True, "pausing after the current batch")
+        if command.name == "resume":
+            worker.resume()
+            return Reply(True, "resumed")
+        return Reply(
+            False,
+            f"switching to {command.argument} while running is not built yet; restart with device: in the config",
+        )
