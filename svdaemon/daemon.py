@@ -77,7 +77,8 @@ class Daemon:
         self.state = DaemonState.LOADING
 
     def run(self) -> int:
-        from svdaemon.pipeline import Pipeline
+        from svdaemon.decoder import DecoderProcess
+        from svdaemon.pipeline import BLOCK_S, Pipeline
         from svdaemon.worker import Worker
 
         try:
@@ -92,8 +93,11 @@ class Daemon:
             recovered = self.queue.recover()
             if recovered:
                 log.info("%d job(s) left running by a stopped daemon are queued again", recovered)
-            with ControlServer(self.config.state_dir, self.snapshot, self.handle):
-                pipeline = Pipeline.load(self.config)
+            with (
+                ControlServer(self.config.state_dir, self.snapshot, self.handle),
+                DecoderProcess(block_s=BLOCK_S) as decoder,
+            ):
+                pipeline = Pipeline.load(self.config, decoder=decoder)
                 self.worker = Worker(self.queue, pipeline, self.config, current_owner())
                 self.watcher = self._watcher(self.config)
                 self.worker.start()

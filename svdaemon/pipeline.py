@@ -10,9 +10,12 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
+
+import numpy as np
 
 from svdaemon import audio, subtitles
 from svdaemon.config import Config
@@ -44,6 +47,24 @@ class Outcome:
         return self.transcript.duration_s / self.wall_s if self.wall_s > 0 else 0.0
 
 
+class Decoder(Protocol):
+    """Where audio comes from: in this process, or the daemon's persistent decode process."""
+
+    def probe(self, path: Path, audio_language: str | None = None) -> audio.AudioInfo: ...
+
+    def blocks(self, path: Path, audio_language: str | None = None) -> Iterator[np.ndarray]: ...
+
+
+class InProcessDecoder:
+    """Decodes in this process: for one-shot commands, where a decoder crash ends only that command."""
+
+    def probe(self, path: Path, audio_language: str | None = None) -> audio.AudioInfo:
+        return audio.probe(path, audio_language)
+
+    def blocks(self, path: Path, audio_language: str | None = None) -> Iterator[np.ndarray]:
+        return audio.decode_blocks(path, block_s=BLOCK_S, audio_language=audio_language)
+
+
 def set_threads(threads: int | None) -> int:
     """Set torch's CPU threads last: importing silero sets 1, FunASR sets its `ncpu`; whichever ran last won."""
     import torch
@@ -65,8 +86,11 @@ def dominant_language(segments: tuple[Segment, ...]) -> str:
 class Pipeline:
     """The loaded models and settings; `transcribe_file` does one file, `write` its sidecars."""
 
-    def __init__(self, config: Config, engine: SenseVoiceEngine, vad_model) -> None:
+    def __init__(
+        self, config: Config, engine: SenseVoiceEngine, vad_model, decoder: Decoder | None = None
+    ) -> None:
         self.config = config
+        self.decoder = decoder or InProcessDecoder()
         self.engine = engine
         self.vad_model = vad_model
         self.store = HashStore(config.state_dir)
@@ -75,7 +99,9 @@ class Pipeline:
         )
 
     @classmethod
-    def load(cls, config: Config, threads: int | None = None, download: bool = True) -> Pipeline:
+    def load(
+        cls, config: Config, threads: int | None = None, download: bool = True, decoder: Decoder | None = None
+    ) -> Pipeline:
         """Load VAD and SenseVoice (StartupError when that cannot be done), then fix the thread count."""
         vad_model = load_vad_model()
         model_dir = resolve_model_dir(config.model, config.model_hub, download=download)
@@ -91,7 +117,7 @@ class Pipeline:
             )
         )
         set_threads(threads)
-        return cls(config, engine, vad_model)
+        return cls(config, engine, vad_model, decoder)
 
     def transcribe_file(self, source: Path, progress: Progress | None = None) -> Transcript:
         """Recognise all speech in `source`; DecodeError when it holds no decodable audio.
@@ -103,7 +129,7 @@ class Pipeline:
         pending = []
         decoded = 0
         recognised_s = 0.0
-        for block in audio.decode_blocks(source, block_s=BLOCK_S, audio_language=self.config.audio_language):
+        for block in self.decoder.blocks(source, self.config.audio_language):
             decoded += len(block)
             pending.extend(segmenter.push(block))
             if sum(len(piece.samples) for piece in pending) >= FLUSH_SPEECH_S * audio.SAMPLE_RATE:
@@ -146,7 +172,7 @@ class Pipeline:
     ) -> Outcome:
         """Transcribe `source` and write its sidecars; nothing is written if the file changed meanwhile."""
         started = time.perf_counter()
-        audio.probe(source, self.config.audio_language)  # bad files fail before any model work
+        self.decoder.probe(source, self.config.audio_language)  # bad files fail before any model work
         before = Fingerprint.of(source)
         transcript = self.transcribe_file(source, progress)
         if Fingerprint.of(source) != before:
