@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 Overwrite = Literal["never", "ours", "always"]
 
+ERROR_SIDECAR = "error.txt"  # `name.error.txt`, written for a file that failed when error_sidecar is on
 TEMP_PREFIX = ".svdaemon-"
 TEMP_SUFFIX = ".tmp"
 SPOKEN_LANGUAGES = tuple(language for language in LANGUAGES if language != "auto")
@@ -157,7 +158,7 @@ def sidecar_paths(
     """
     source = _absolute(source)
     formats = tuple(formats)
-    unknown = sorted(set(formats) - set(FORMATS))
+    unknown = sorted(set(formats) - {*FORMATS, ERROR_SIDECAR})
     if unknown:
         raise ValueError(f"unknown sidecar formats: {', '.join(unknown)}")
     directory = sidecar_directory(source, output_dir=settings.output_dir, root=root)

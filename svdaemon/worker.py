@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from svdaemon.config import Config
-from svdaemon.errors import DecodeError, EnvironmentFault, SidecarError, SourceChanged
+from svdaemon.errors import DecodeError, EnvironmentFault, SidecarError, SourceChanged, SvdaemonError
 from svdaemon.fingerprint import Fingerprint
 from svdaemon.jobs import ErrorKind, Job, JobQueue, JobState
 from svdaemon.pipeline import Pipeline
-from svdaemon.sidecars import existing_sidecars_newer_than
+from svdaemon.sidecars import ERROR_SIDECAR, existing_sidecars_newer_than, write_sidecars
 
 log = logging.getLogger(__name__)
 
@@ -166,5 +166,21 @@ class Worker:
         state = self.queue.fail(job, str(error), kind, self.config.max_attempts)
         if state is JobState.FAILED:
             log.error("%s (failed for good after %d attempts)", error, self.config.max_attempts)
+            if self.config.error_sidecar:
+                self._write_error_sidecar(job, str(error))
         else:
             log.warning("%s (%s; will retry)", error, kind.value.replace("_", " "))
+
+    def _write_error_sidecar(self, job: Job, message: str) -> None:
+        """`name.error.txt` beside the file, under the same naming and overwrite rules as its sidecars."""
+        try:
+            write_sidecars(
+                job.path,
+                {ERROR_SIDECAR: message + "\n"},
+                language="",
+                settings=self.pipeline.sidecar_settings,
+                store=self.pipeline.store,
+                root=job.root,
+            )
+        except SvdaemonError as error:
+            log.warning("%s: no error sidecar written: %s", job.path, error)

@@ -157,3 +157,13 @@ def test_the_thread_drains_the_queue_and_stops(queue, pipeline, speech, tmp_path
         worker.wake()
     wait_for(lambda: all(queue.get(p).state is JobState.DONE for p in paths))
     assert worker.stop()
+
+
+def test_a_file_that_fails_for_good_gets_an_error_sidecar_when_asked(queue, pipeline, tmp_path):
+    bad = write_random_bytes(tmp_path / "noise.wav")
+    enqueue(queue, bad)
+    worker = worker_for(queue, pipeline, error_sidecar=True, max_attempts=1)
+    assert worker.run_once()
+    assert queue.get(bad).state is JobState.FAILED
+    text = (tmp_path / "noise.error.txt").read_text()
+    assert "noise.wav" in text and text.endswith("\n")
