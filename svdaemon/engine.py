@@ -318,41 +318,47 @@ class SenseVoiceEngine:
         padded = pad_sequence(feats, batch_first=True).to(self.device, torch.float32)
         return padded, torch.tensor(lengths, dtype=torch.int32, device=self.device)
 
-    def _queries(self, batch_size: int):
+    def _queries(self, batch_size: int, language: str | None):
         import torch
 
         ids = [
-            LANGUAGE_QUERY.get(self.settings.language, 0),
+            LANGUAGE_QUERY.get(language or self.settings.language, 0),
             *EVENT_EMOTION_QUERY,
             TEXTNORM_QUERY[self.settings.use_itn],
         ]
         query = self.model.embed(torch.tensor([ids], dtype=torch.long, device=self.device))
         return query.repeat(batch_size, 1, 1)
 
-    def ctc_logits(self, waves: Sequence[np.ndarray]) -> Iterator:
-        """Yield fp32 CTC logits [frames, vocab] per waveform of one padded batch, queries included."""
+    def ctc_logits(self, waves: Sequence[np.ndarray], language: str | None = None) -> Iterator:
+        """Yield fp32 CTC logits [frames, vocab] per waveform of one padded batch, queries included.
+
+        `language` (zh, en, ...) overrides the configured one for this batch (a watch root's own).
+        """
         import torch
 
         feats, lengths = self._features(waves)
         with torch.inference_mode():
-            speech = torch.cat((self._queries(len(waves)), feats), dim=1)
+            speech = torch.cat((self._queries(len(waves), language), feats), dim=1)
             with self._autocast():
                 encoded, encoded_lengths = self.model.encoder(speech, lengths + QUERY_FRAMES)
             with torch.autocast(device_type=self.device.split(":")[0], enabled=False):
                 for row, length in enumerate(encoded_lengths.tolist()):
                     yield self.model.ctc.ctc_lo(encoded[row, :length].float())
 
-    def recognize_raw(self, waves: Sequence[np.ndarray]) -> list[Recognition]:
+    def recognize_raw(self, waves: Sequence[np.ndarray], language: str | None = None) -> list[Recognition]:
         """Greedy CTC over one batch: argmax on the device, only the ids come back to the host."""
         return [
             Recognition(tuple(collapse_ctc(logits.argmax(dim=-1).cpu().numpy())))
-            for logits in self.ctc_logits(waves)
+            for logits in self.ctc_logits(waves, language)
         ]
 
     # ---- from speech pieces to Segments ------------------------------------------------------------
 
     def recognize(
-        self, pieces: Sequence[SpeechLike], progress: Callable[[float], None] | None = None
+        self,
+        pieces: Sequence[SpeechLike],
+        progress: Callable[[float], None] | None = None,
+        language: str | None = None,
     ) -> list[Segment]:
         """Segments for pieces of speech, in the given order, computed in batches of similar length.
 
@@ -362,7 +368,7 @@ class SenseVoiceEngine:
         results: list[Segment | None] = [None] * len(pieces)
         done = 0
         for batch in plan_batches(lengths, self.batch_max_frames):
-            raw = self.recognize_raw([pieces[i].samples for i in batch])
+            raw = self.recognize_raw([pieces[i].samples for i in batch], language)
             for index, recognition in zip(batch, raw, strict=True):
                 results[index] = self._segment(pieces[index], recognition)
             done += sum(lengths[i] for i in batch)

@@ -11,7 +11,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -119,10 +119,13 @@ class Pipeline:
         set_threads(threads)
         return cls(config, engine, vad_model, decoder)
 
-    def transcribe_file(self, source: Path, progress: Progress | None = None) -> Transcript:
+    def transcribe_file(
+        self, source: Path, progress: Progress | None = None, language: str | None = None
+    ) -> Transcript:
         """Recognise all speech in `source`; DecodeError when it holds no decodable audio.
 
-        `progress` hears how far into the file everything is recognised, batch by batch.
+        `progress` hears how far into the file everything is recognised, batch by batch; `language`
+        overrides the configured spoken language (a watch root's own).
         """
         segmenter = SpeechSegmenter(self.vad_model, self.config.vad)
         segments: list[Segment] = []
@@ -134,13 +137,13 @@ class Pipeline:
             pending.extend(segmenter.push(block))
             if sum(len(piece.samples) for piece in pending) >= FLUSH_SPEECH_S * audio.SAMPLE_RATE:
                 decoded_s = decoded / audio.SAMPLE_RATE
-                segments.extend(self._recognise(pending, recognised_s, decoded_s, progress))
+                segments.extend(self._recognise(pending, recognised_s, decoded_s, progress, language))
                 pending, recognised_s = [], decoded_s
         if decoded == 0:
             raise DecodeError(f"{source}: no audio decoded (zero duration)")
         duration_s = decoded / audio.SAMPLE_RATE
         pending.extend(segmenter.finish())
-        segments.extend(self._recognise(pending, recognised_s, duration_s, progress))
+        segments.extend(self._recognise(pending, recognised_s, duration_s, progress, language))
         if progress:
             progress(duration_s)
         spoken = tuple(segment for segment in segments if segment.text)
@@ -154,11 +157,12 @@ class Pipeline:
             segments=spoken,
         )
 
-    def _recognise(self, pieces, from_s: float, to_s: float, progress: Progress | None) -> list[Segment]:
+    def _recognise(
+        self, pieces, from_s: float, to_s: float, progress: Progress | None, language: str | None
+    ) -> list[Segment]:
         """Recognise the pieces that close the audio span [from_s, to_s]; progress moves through that span."""
-        if progress is None:
-            return self.engine.recognize(pieces)
-        return self.engine.recognize(pieces, lambda fraction: progress(from_s + fraction * (to_s - from_s)))
+        report = None if progress is None else lambda fraction: progress(from_s + fraction * (to_s - from_s))
+        return self.engine.recognize(pieces, report, language)
 
     def render(self, transcript: Transcript, formats: tuple[str, ...]) -> dict[str, str]:
         return {fmt: subtitles.render(fmt, transcript, self.config.subtitles) for fmt in formats}
@@ -169,19 +173,26 @@ class Pipeline:
         root: Path | None = None,
         formats: tuple[str, ...] | None = None,
         progress: Progress | None = None,
+        language: str | None = None,
+        output_dir: Path | None = None,
     ) -> Outcome:
-        """Transcribe `source` and write its sidecars; nothing is written if the file changed meanwhile."""
+        """Transcribe `source` and write its sidecars; nothing is written if the file changed meanwhile.
+
+        `formats`, `language` and `output_dir` override the configuration for this file (a watch root's).
+        """
         started = time.perf_counter()
         self.decoder.probe(source, self.config.audio_language)  # bad files fail before any model work
         before = Fingerprint.of(source)
-        transcript = self.transcribe_file(source, progress)
+        transcript = self.transcribe_file(source, progress, language)
         if Fingerprint.of(source) != before:
             raise SourceChanged(f"{source}: changed while it was being transcribed; no sidecars written")
         written = write_sidecars(
             source,
             self.render(transcript, formats or self.config.formats),
             language=transcript.language,
-            settings=self.sidecar_settings,
+            settings=replace(self.sidecar_settings, output_dir=output_dir)
+            if output_dir
+            else self.sidecar_settings,
             store=self.store,
             root=root,
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from svdaemon.config import Config
@@ -120,18 +120,30 @@ class Worker:
             log.info("%s: changed since it was queued; waiting for it to settle", job.path)
             self.queue.requeue(job, now, delay_s=self.config.settle_s)
             return
+        root = next((r for r in self.config.watch if r.path == job.root), None)
+        formats = (root.formats if root else None) or self.config.formats
+        language = (root.language if root else None) or self.config.language
+        output_dir = root.output_dir if root else None
+        settings = self.pipeline.sidecar_settings
         if self.config.skip_existing and existing_sidecars_newer_than(
             job.path,
-            self.config.formats,
-            language=None if self.config.language == "auto" else self.config.language,
-            settings=self.pipeline.sidecar_settings,
+            formats,
+            language=None if language == "auto" else language,
+            settings=replace(settings, output_dir=output_dir) if output_dir else settings,
             store=self.pipeline.store,
             root=job.root,
         ):
             self.queue.skip(job, "its sidecars exist and are newer")
             return
         try:
-            outcome = self.pipeline.process(job.path, root=job.root, progress=self._progress(job))
+            outcome = self.pipeline.process(
+                job.path,
+                root=job.root,
+                progress=self._progress(job),
+                formats=formats,
+                language=language,
+                output_dir=output_dir,
+            )
         except _Leaving:
             log.info("%s: left unfinished at stop; it stays queued", job.path)
             self.queue.requeue(job)

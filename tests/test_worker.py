@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from svdaemon.config import Config, load_config
+from svdaemon.config import Config, WatchRoot, load_config
 from svdaemon.fingerprint import Fingerprint
 from svdaemon.jobs import JobQueue, JobState, current_owner
 from svdaemon.pipeline import Pipeline
@@ -167,3 +167,16 @@ def test_a_file_that_fails_for_good_gets_an_error_sidecar_when_asked(queue, pipe
     assert queue.get(bad).state is JobState.FAILED
     text = (tmp_path / "noise.error.txt").read_text()
     assert "noise.wav" in text and text.endswith("\n")
+
+
+def test_a_watch_root_s_own_formats_and_output_dir_apply(queue, pipeline, speech, tmp_path):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    path = write_audio(inbox / "memo.wav", speech, 16000)
+    enqueue(queue, path)
+    root = WatchRoot(path=inbox, formats=("json",), output_dir=tmp_path / "out", language="en")
+    worker = worker_for(queue, pipeline, skip_existing=False, watch=(root,))
+    assert worker.run_once()
+    assert queue.get(path).state is JobState.DONE
+    assert (tmp_path / "out" / "memo.json").exists()
+    assert not (inbox / "memo.srt").exists() and not (tmp_path / "out" / "memo.srt").exists()
