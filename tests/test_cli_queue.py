@@ -7,7 +7,6 @@ real ControlServer with `DaemonDouble`, a stand-in for the daemon's state and co
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,42 +14,13 @@ from pathlib import Path
 import pytest
 
 from svdaemon import cli
-from svdaemon.control import Command, ControlServer, DaemonState, Reply, StatusSnapshot
+from svdaemon.control import Command, ControlServer
 from svdaemon.fingerprint import Fingerprint
 from svdaemon.jobs import ErrorKind, JobQueue, JobState, current_owner
 
+from doubles import DaemonDouble
+
 pytestmark = pytest.mark.integration
-
-
-class DaemonDouble:
-    """Stands in for the daemon behind the control socket: a fixed snapshot, commands recorded."""
-
-    def __init__(self) -> None:
-        self.commands: list[Command] = []
-
-    def snapshot(self) -> StatusSnapshot:
-        return StatusSnapshot(
-            state=DaemonState.WORKING,
-            queue={"queued": 2, "running": 1, "done": 7, "failed": 0, "skipped": 0},
-            current_file="/music/talk.mp4",
-            progress=0.42,
-            audio_done_s=25.2,
-            audio_total_s=60.0,
-            device="cuda:0",
-            precision="fp16",
-            vram_used_mb=1834,
-            vram_total_mb=24576,
-            paused=False,
-            pause_reason=None,
-            last_error="/music/bad.mp3: no audio stream",
-            pid=os.getpid(),
-            started_at_s=0.0,
-            version="test",
-        )
-
-    def handle(self, command: Command) -> Reply:
-        self.commands.append(command)
-        return Reply(True, f"{command.name} done")
 
 
 @pytest.fixture
@@ -93,8 +63,8 @@ def test_status_and_commands_reach_the_running_daemon(svd, tmp_path):
     with ControlServer(tmp_path / "state", daemon.snapshot, daemon.handle):
         code, out, _ = svd("status")
         assert code == 0
-        assert "working on cuda:0 (fp16)" in out and "/music/talk.mp4 42%" in out
-        assert "VRAM: 1834 / 24576 MB" in out and "no audio stream" in out
+        assert "working on cuda:0 (fp16)" in out and "/home/u/Transcribe/talk.mp4 25%" in out
+        assert "VRAM: 1800 / 8192 MB" in out and "not an audio file" in out
         code, out, _ = svd("status", "--json")
         assert code == 0 and json.loads(out)["running"] is True
         assert [svd("pause")[0], svd("resume")[0], svd("device", "cuda:1")[0]] == [0, 0, 0]

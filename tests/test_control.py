@@ -33,24 +33,7 @@ from svdaemon.control import (
 )
 from svdaemon.errors import StartupError
 
-SNAPSHOT = StatusSnapshot(
-    state=DaemonState.WORKING,
-    queue={"queued": 3, "running": 1, "done": 7, "failed": 1, "skipped": 0},
-    current_file="/home/u/Transcribe/talk.mp4",
-    progress=0.25,
-    audio_done_s=15.0,
-    audio_total_s=60.0,
-    device="cuda:0",
-    precision="fp16",
-    vram_used_mb=1800,
-    vram_total_mb=8192,
-    paused=False,
-    pause_reason=None,
-    last_error="bad.mp3: not an audio file",
-    pid=4242,
-    started_at_s=1_700_000_000.5,
-    version="0.1.0",
-)
+from doubles import SNAPSHOT
 
 
 def test_snapshot_json_round_trip_ignores_unknown_keys() -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from svdaemon.synthetic_speech import build_track
 
+from doubles import wait_for
 from media import write_audio
 
 pytestmark = pytest.mark.integration
@@ -25,15 +26,6 @@ def svdaemon(*args: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "svdaemon.cli", *args], capture_output=True, text=True, **kwargs
     )
-
-
-def wait_for(condition, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 @pytest.fixture

@@ -25,6 +25,8 @@ from svdaemon.watcher import (
     use_polling,
 )
 
+from doubles import wait_for
+
 ROOT = Path("/media/in")
 
 
@@ -297,15 +299,6 @@ class Reports:
     def snapshot(self) -> list[Path]:
         with self._lock:
             return list(self.paths)
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from svdaemon.pipeline import Pipeline
 from svdaemon.synthetic_speech import build_track
 from svdaemon.worker import Worker
 
+from doubles import wait_for
 from media import write_audio, write_random_bytes
 
 pytestmark = pytest.mark.integration
@@ -56,13 +57,6 @@ def worker_for(queue: JobQueue, pipeline: Pipeline, **changes: object) -> Worker
 
 def enqueue(queue: JobQueue, path: Path) -> None:
     queue.enqueue(path, Fingerprint.of(path), root=path.parent)
-
-
-def wait_for(condition, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
 
 
 def test_jobs_end_done_or_failed_with_the_cause(queue, pipeline, speech, tmp_path):
@@ -138,7 +132,7 @@ def test_pause_holds_and_stop_requeues_without_an_attempt(queue, pipeline, speec
     time.sleep(0.3)
     assert queue.get(long_file).state is JobState.QUEUED  # paused before claiming: nothing taken
     worker.resume()
-    wait_for(lambda: worker.current is not None and worker.paused)
+    assert wait_for(lambda: worker.current is not None and worker.paused, 60)
     held_at = worker.current
     time.sleep(0.3)
     assert worker.current == held_at and queue.get(long_file).state is JobState.RUNNING
@@ -155,7 +149,7 @@ def test_the_thread_drains_the_queue_and_stops(queue, pipeline, speech, tmp_path
     for path in paths:
         enqueue(queue, path)
         worker.wake()
-    wait_for(lambda: all(queue.get(p).state is JobState.DONE for p in paths))
+    assert wait_for(lambda: all(queue.get(p).state is JobState.DONE for p in paths), 60)
     assert worker.stop()
 
 

@@ -1,0 +1,51 @@
+"""Test doubles and sample values shared by several test files; each says what it stands for."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from svdaemon.control import Command, DaemonState, Reply, StatusSnapshot
+
+SNAPSHOT = StatusSnapshot(
+    state=DaemonState.WORKING,
+    queue={"queued": 3, "running": 1, "done": 7, "failed": 1, "skipped": 0},
+    current_file="/home/u/Transcribe/talk.mp4",
+    progress=0.25,
+    audio_done_s=15.0,
+    audio_total_s=60.0,
+    device="cuda:0",
+    precision="fp16",
+    vram_used_mb=1800,
+    vram_total_mb=8192,
+    paused=False,
+    pause_reason=None,
+    last_error="bad.mp3: not an audio file",
+    pid=4242,
+    started_at_s=1_700_000_000.5,
+    version="0.1.0",
+)
+
+
+class DaemonDouble:
+    """Stands in for the daemon behind the control socket: a fixed snapshot, commands recorded."""
+
+    def __init__(self) -> None:
+        self.commands: list[Command] = []
+
+    def snapshot(self) -> StatusSnapshot:
+        return SNAPSHOT
+
+    def handle(self, command: Command) -> Reply:
+        self.commands.append(command)
+        return Reply(True, f"{command.name} done")
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> bool:
+    """Poll `condition` until it holds or `timeout_s` passes; its last value."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
