@@ -366,14 +366,14 @@ class SenseVoiceEngine:
         """
         lengths = [encoder_frames(len(piece.samples)) for piece in pieces]
         results: list[Segment | None] = [None] * len(pieces)
-        done = 0
+        done, total = 0, sum(lengths)
         for batch in plan_batches(lengths, self.batch_max_frames):
             raw = self.recognize_raw([pieces[i].samples for i in batch], language)
             for index, recognition in zip(batch, raw, strict=True):
                 results[index] = self._segment(pieces[index], recognition)
             done += sum(lengths[i] for i in batch)
             if progress:
-                progress(done / sum(lengths))
+                progress(done / total)
         return [segment for segment in results if segment is not None]
 
     def _segment(self, piece: SpeechLike, recognition: Recognition) -> Segment:
