@@ -21,7 +21,9 @@ from svdaemon.config import Config, load_config
 from svdaemon.control import Command, ControlServer, DaemonState, Reply, StatusSnapshot
 from svdaemon.errors import SvdaemonError
 from svdaemon.fingerprint import Fingerprint
-from svdaemon.jobs import EnqueueResult, JobQueue, current_owner
+from svdaemon.jobs import EnqueueResult, JobQueue
+from svdaemon.owner import current_owner
+from svdaemon.sidecars import sweep_temp_files
 from svdaemon.watcher import FolderWatcher
 
 log = logging.getLogger(__name__)
@@ -88,6 +90,7 @@ class Daemon:
             return EXIT_LOCKED
         try:
             log_to_file(self.config.state_dir)
+            sweep_temp_files(self.config.state_dir)
             self._install_signals()
             self.queue = JobQueue.open(self.config.state_dir)
             recovered = self.queue.recover()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import enum
 import logging
 import os
-import socket
 import sqlite3
 import threading
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from svdaemon.errors import StartupError
 from svdaemon.fingerprint import Fingerprint
+from svdaemon.owner import owner_is_alive
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,6 @@ DB_NAME = "jobs.sqlite3"
 BUSY_TIMEOUT_S = 5.0
 BACKOFF_BASE_S = 30.0
 BACKOFF_CAP_S = 3600.0
-_UNKNOWN_START = "?"
 
 # Migration N (1-based) brings the schema from version N-1 to N; PRAGMA user_version records the version.
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -109,46 +108,6 @@ class Job:
 def backoff_s(failures: int) -> float:
     """Delay before the next try after `failures` failures in a row: 30 s, 60 s, 120 s … at most an hour."""
     return min(BACKOFF_BASE_S * 2 ** max(failures - 1, 0), BACKOFF_CAP_S)
-
-
-def _start_token(pid: int) -> str:
-    """When the process started (Linux: clock ticks since boot), so a reused pid is not taken for its owner."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return _UNKNOWN_START
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def current_owner() -> str:
-    """`host:pid:start-token` of this process, the owner recorded on the jobs it claims."""
-    pid = os.getpid()
-    return f"{socket.gethostname()}:{pid}:{_start_token(pid)}"
-
-
-def owner_is_alive(owner: str) -> bool:
-    """Whether the process that claimed a job may still be working on it.
-
-    Another host's process cannot be checked from here, so it counts as alive and its jobs are never taken.
-    A string that is not an owner we write cannot belong to a live claimant and counts as dead.
-    """
-    try:
-        host, pid_text, token = owner.rsplit(":", 2)
-        pid = int(pid_text)
-    except ValueError:
-        return False
-    if host != socket.gethostname():
-        return True
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, belongs to someone else
-    current = _start_token(pid)
-    return _UNKNOWN_START in (token, current) or current == token
 
 
 def _job_from_row(row: sqlite3.Row) -> Job:

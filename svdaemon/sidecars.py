@@ -27,6 +27,7 @@ from typing import Literal
 
 from svdaemon.config import FORMATS, LANGUAGES
 from svdaemon.errors import EnvironmentFault, SidecarError
+from svdaemon.owner import file_tag, tagged_writer_is_dead
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,7 @@ class HashStore:
                 _remove_quietly(temp)
                 raise
         _fsync_directory(self.path.parent)
+        _sweep_once(self.path.parent)
 
 
 @dataclass(frozen=True)
@@ -316,7 +318,7 @@ def write_sidecars(
         written_at = clock()
         for path, data in contents.items():
             records[path] = SidecarRecord(hashlib.sha256(data).hexdigest(), source, written_at)
-    log.debug("%s: wrote %s", source, ", ".join(str(path) for path in contents))
+    log.info("%s: wrote %s", source, ", ".join(str(path) for path in contents))
     return list(contents)
 
 
@@ -352,8 +354,9 @@ def existing_sidecars_newer_than(
 def sweep_temp_files(directory: Path, older_than_s: float = 3600, now: float | None = None) -> int:
     """Remove `.svdaemon-*.tmp` files a crash left in `directory`; returns how many went.
 
-    Only regular files older than `older_than_s` go, so a write in progress elsewhere is left alone;
-    symbolic links are never followed or removed.
+    A temp whose writer (named in it by `owner.file_tag`) has exited goes at once; any other only when older
+    than `older_than_s`, so a write in progress elsewhere is left alone. Symbolic links are never followed
+    or removed.
     """
     now = time.time() if now is None else now
     removed = 0
@@ -367,7 +370,8 @@ def sweep_temp_files(directory: Path, older_than_s: float = 3600, now: float | N
                 continue
             if not entry.is_file(follow_symlinks=False):
                 continue
-            if now - entry.stat(follow_symlinks=False).st_mtime < older_than_s:
+            abandoned = tagged_writer_is_dead(entry.name)
+            if not abandoned and now - entry.stat(follow_symlinks=False).st_mtime < older_than_s:
                 continue
             try:
                 os.unlink(entry.path)
@@ -403,16 +407,28 @@ def _replace_all(contents: Mapping[Path, bytes]) -> None:
             _remove_quietly(temp)
     for directory in {target.parent for target in contents}:
         _fsync_directory(directory)
-        swept = sweep_temp_files(directory)
-        if swept:
-            log.info("%s: removed %d temporary file(s) an interrupted write had left", directory, swept)
+        _sweep_once(directory)
+
+
+# Folders swept by this process. Temps of a crashed writer exist before we start, and our own are removed
+# as we go, so one sweep per folder suffices; sweeping on every write would list a folder of 20,000
+# recordings 20,000 times.
+_swept: set[Path] = set()
+
+
+def _sweep_once(directory: Path) -> None:
+    if directory not in _swept:
+        sweep_temp_files(directory)
+        _swept.add(directory)
 
 
 def _write_temp(target: Path, data: bytes, mode: int) -> str:
     """A fsynced temp file holding `data`, in the target's folder so that the rename is atomic."""
     with _reported(f"cannot create a file in {target.parent}"):
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=target.parent)
+        fd, temp = tempfile.mkstemp(
+            prefix=f"{TEMP_PREFIX}{file_tag()}-", suffix=TEMP_SUFFIX, dir=target.parent
+        )
     with _reported(f"cannot write {target}"):
         try:
             with open(fd, "wb") as file:

@@ -1,7 +1,9 @@
-"""Test doubles and sample values shared by several test files; each says what it stands for."""
+"""Test doubles, sample values and helpers shared by several test files; each says what it stands for."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -49,3 +51,10 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> bool:
             return True
         time.sleep(0.05)
     return condition()
+
+
+def from_exited_process(expression: str) -> str:
+    """`expression` from `svdaemon.owner`, evaluated in a process that has exited (and been reaped)."""
+    script = f"from svdaemon.owner import *; print({expression})"
+    done = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True)
+    return done.stdout.strip()

@@ -16,7 +16,8 @@ import pytest
 from svdaemon import cli
 from svdaemon.control import Command, ControlServer
 from svdaemon.fingerprint import Fingerprint
-from svdaemon.jobs import ErrorKind, JobQueue, JobState, current_owner
+from svdaemon.jobs import ErrorKind, JobQueue, JobState
+from svdaemon.owner import current_owner
 
 from doubles import DaemonDouble
 

@@ -24,9 +24,10 @@ from svdaemon.jobs import (
     JobQueue,
     JobState,
     backoff_s,
-    current_owner,
-    owner_is_alive,
 )
+from svdaemon.owner import current_owner
+
+from doubles import from_exited_process
 
 pytestmark = pytest.mark.integration
 
@@ -192,30 +193,10 @@ def test_forget_drops_the_row(queue: JobQueue, tmp_path: Path):
     assert not queue.finish(job)
 
 
-def dead_owner() -> str:
-    """The owner string of a process that has exited (and been reaped)."""
-    script = "from svdaemon.jobs import current_owner; print(current_owner())"
-    return subprocess.run(
-        [sys.executable, "-c", script], check=True, capture_output=True, text=True
-    ).stdout.strip()
-
-
-def test_owner_liveness():
-    me = current_owner()
-    host, pid, token = me.rsplit(":", 2)
-    assert owner_is_alive(me)
-    assert not owner_is_alive(dead_owner())
-    if token != "?":
-        assert not owner_is_alive(f"{host}:{pid}:{int(token) + 1}")  # same pid, another process: reused
-    assert not owner_is_alive(f"{host}:999999999:0")
-    assert owner_is_alive(f"another-host.example:{pid}:0")  # cannot be checked from here: left alone
-    assert not owner_is_alive("not an owner")
-
-
 def test_recover_requeues_jobs_of_dead_owners_without_counting(queue: JobQueue, tmp_path: Path):
     for name in ("a.wav", "b.wav", "c.wav"):
         queue.enqueue(tmp_path / name, FIRST)
-    crashed = queue.claim(dead_owner())
+    crashed = queue.claim(from_exited_process("current_owner()"))
     unreal = queue.claim(f"{current_owner().split(':')[0]}:999999999:0")
     alive = queue.claim(current_owner())
 

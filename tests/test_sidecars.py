@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from svdaemon.errors import EnvironmentFault, SidecarError
+from svdaemon.owner import file_tag
 from svdaemon.sidecars import (
     Action,
     HashStore,
@@ -31,6 +32,8 @@ from svdaemon.sidecars import (
     sweep_temp_files,
     write_sidecars,
 )
+
+from doubles import from_exited_process
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SRT = "1\n00:00:00,000 --> 00:00:01,500\nhello there\n\n"
@@ -321,6 +324,17 @@ def test_sweep_removes_only_old_svdaemon_temp_files(tmp_path: Path) -> None:
     assert not old.exists()
     assert fresh.exists() and foreign.exists() and target.exists() and link.is_symlink()
     assert sweep_temp_files(tmp_path / "missing", now=now) == 0
+
+
+@pytest.mark.integration
+def test_sweep_removes_a_fresh_temp_at_once_when_its_writer_has_exited(tmp_path: Path) -> None:
+    dead_tag = from_exited_process("file_tag()")
+    abandoned = tmp_path / f".svdaemon-{dead_tag}-a1b2c3.tmp"
+    in_progress = tmp_path / f".svdaemon-{file_tag()}-d4e5f6.tmp"
+    for path in (abandoned, in_progress):
+        path.write_text("half a subtitle", encoding="utf-8")
+    assert sweep_temp_files(tmp_path) == 1
+    assert not abandoned.exists() and in_progress.exists()
 
 
 @pytest.mark.integration

@@ -12,7 +12,8 @@ import pytest
 
 from svdaemon.config import Config, WatchRoot, load_config
 from svdaemon.fingerprint import Fingerprint
-from svdaemon.jobs import JobQueue, JobState, current_owner
+from svdaemon.jobs import JobQueue, JobState
+from svdaemon.owner import current_owner
 from svdaemon.pipeline import Pipeline
 from svdaemon.synthetic_speech import build_track
 from svdaemon.worker import Worker
