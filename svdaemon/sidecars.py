@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 from svdaemon.config import FORMATS, LANGUAGES
 from svdaemon.errors import EnvironmentFault, SidecarError
@@ -54,85 +54,116 @@ class SidecarSettings:
 
 @dataclass(frozen=True)
 class SidecarRecord:
-    """What svdaemon wrote at one sidecar path: lets `ours` tell its own files from the user's."""
+    """What svdaemon wrote at one sidecar path: lets `ours` tell its own files from the user's.
 
-    sha256: str
+    `sha256s` holds the content it last wrote and, when that replaced content of its own, the one before:
+    the record is saved before the renames, so a crash between the two leaves either on disk, both ours.
+    """
+
+    sha256s: tuple[str, ...]
     source: Path
     written_at: float
 
 
-class HashStore:
-    """Sidecar path → record, one JSON file in `state_dir`, shared by the daemon and one-shot commands.
+class RecordLookup(Protocol):
+    """Where naming and the overwrite policy look up what svdaemon wrote: a `HashStore` or, in tests, a dict."""
 
-    Paths are stored as the hex of their bytes so that names which are not UTF-8 survive. Writers hold
-    an exclusive flock around read-modify-write; readers need no lock because the file is only ever
-    replaced whole.
+    def get(self, path: Path) -> SidecarRecord | None: ...
+
+
+class HashStore:
+    """Sidecar path → record, shared by the daemon and one-shot commands: one small file per sidecar.
+
+    A record lives in `state_dir/sidecars/<xx>/<sha256 of the path's bytes>.json`, so a lookup or an update
+    costs the same with ten sidecars as with a hundred thousand. Paths are stored as the hex of their
+    bytes so that names which are not UTF-8 survive. Writers hold an exclusive flock around
+    read-modify-write; readers need no lock because record files are only ever replaced whole.
     """
 
     def __init__(self, state_dir: Path) -> None:
-        self.path = Path(state_dir) / "sidecars.json"
+        self.folder = Path(state_dir) / "sidecars"
         self._lock_path = Path(state_dir) / "sidecars.lock"
 
-    def read(self) -> dict[Path, SidecarRecord]:
-        with _reported(f"cannot read {self.path}"):
+    def record_file(self, path: Path) -> Path:
+        digest = hashlib.sha256(os.fsencode(_absolute(path))).hexdigest()
+        return self.folder / digest[:2] / f"{digest}.json"
+
+    def get(self, path: Path) -> SidecarRecord | None:
+        path = _absolute(path)
+        record_file = self.record_file(path)
+        with _reported(f"cannot read {record_file}"):
             try:
-                raw = self.path.read_bytes()
+                raw = record_file.read_bytes()
             except FileNotFoundError:
-                return {}
-        try:
-            document = json.loads(raw)
-            return {
-                _decode_path(key): SidecarRecord(
-                    value["sha256"], _decode_path(value["source"]), float(value["written_at"])
-                )
-                for key, value in document["sidecars"].items()
-            }
-        except (ValueError, KeyError, TypeError, AttributeError) as error:
-            log.warning(
-                "%s is unreadable (%s); sidecars written before are now treated as not svdaemon's",
-                self.path,
-                error,
-            )
-            return {}
+                return None
+        found = self._parse(record_file, raw)
+        return found[1] if found is not None and found[0] == path else None
+
+    def read_all(self) -> dict[Path, SidecarRecord]:
+        """Every record; lists the whole store, so only for tools and tests, never per file."""
+        records = {}
+        for record_file in sorted(self.folder.glob("??/*.json")):
+            found = self._parse(record_file, record_file.read_bytes())
+            if found is not None:
+                records[found[0]] = found[1]
+        return records
 
     @contextmanager
-    def locked(self) -> Iterator[dict[Path, SidecarRecord]]:
-        """Hold the store for read-modify-write; what the caller changes in the dict is saved on exit."""
+    def locked(self) -> Iterator[HashStore]:
+        """Hold the store's lock for read-modify-write across processes; `save` inside it."""
         with _reported(f"cannot open {self._lock_path}"):
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock_path.parent.mkdir(parents=True, exist_ok=True)
             lock = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            records = self.read()
-            before = dict(records)
-            yield records
-            if records != before:
-                self._save(records)
+            yield self
         finally:
             os.close(lock)
 
-    def _save(self, records: Mapping[Path, SidecarRecord]) -> None:
-        document = {
-            "schema": _STORE_SCHEMA,
-            "sidecars": {
-                _encode_path(path): {
-                    "sha256": record.sha256,
+    def save(self, changes: Mapping[Path, SidecarRecord]) -> None:
+        """Replace the records of these paths, each file whole and fsynced; call under `locked`."""
+        contents = {
+            self.record_file(path): json.dumps(
+                {
+                    "schema": _STORE_SCHEMA,
+                    "path": _encode_path(path),
+                    "sha256s": list(record.sha256s),
                     "source": _encode_path(record.source),
                     "written_at": record.written_at,
-                }
-                for path, record in records.items()
-            },
+                },
+                sort_keys=True,
+            ).encode("ascii")
+            for path, record in changes.items()
         }
-        data = json.dumps(document, indent=1, sort_keys=True).encode("ascii")
-        temp = _write_temp(self.path, data, mode=0o600)
-        with _reported(f"cannot save {self.path}"):
-            try:
-                os.replace(temp, self.path)
-            except BaseException:
-                _remove_quietly(temp)
-                raise
-        _fsync_directory(self.path.parent)
-        _sweep_once(self.path.parent)
+        if not contents:
+            return
+        for record_file, data in contents.items():
+            temp = _write_temp(record_file, data, mode=0o600)
+            with _reported(f"cannot save {record_file}"):
+                try:
+                    os.replace(temp, record_file)
+                except BaseException:
+                    _remove_quietly(temp)
+                    raise
+        for directory in {record_file.parent for record_file in contents}:
+            _fsync_directory(directory)
+            _sweep_once(directory)
+
+    @staticmethod
+    def _parse(record_file: Path, raw: bytes) -> tuple[Path, SidecarRecord] | None:
+        try:
+            value = json.loads(raw)
+            record = SidecarRecord(
+                tuple(value["sha256s"]), _decode_path(value["source"]), float(value["written_at"])
+            )
+            return _decode_path(value["path"]), record
+        except (ValueError, KeyError, TypeError) as error:
+            log.warning(
+                "%s is unreadable (%s); the sidecar it describes is now treated as not svdaemon's",
+                record_file,
+                error,
+            )
+            return None
 
 
 @dataclass(frozen=True)
@@ -149,7 +180,7 @@ def sidecar_paths(
     *,
     language: str,
     settings: SidecarSettings,
-    records: Mapping[Path, SidecarRecord],
+    records: RecordLookup,
     root: Path | None = None,
     exists: Callable[[Path], bool] = os.path.lexists,
 ) -> Naming:
@@ -250,9 +281,7 @@ class Decision:
     reason: str = ""
 
 
-def plan(
-    targets: Iterable[Target], *, overwrite: Overwrite, records: Mapping[Path, SidecarRecord]
-) -> list[Decision]:
+def plan(targets: Iterable[Target], *, overwrite: Overwrite, records: RecordLookup) -> list[Decision]:
     """What the overwrite policy allows at each path; pure, so the CLI can report it before writing."""
     return [_decide(target, overwrite, records.get(target.path)) for target in targets]
 
@@ -271,7 +300,7 @@ def _decide(target: Target, overwrite: Overwrite, record: SidecarRecord | None) 
         return refuse("exists (overwrite: never)")
     if overwrite == "ours" and record is None:
         return refuse("exists and was not written by svdaemon (overwrite: ours)")
-    if overwrite == "ours" and record.sha256 != target.sha256:
+    if overwrite == "ours" and target.sha256 not in record.sha256s:
         return refuse("was changed since svdaemon wrote it (overwrite: ours)")
     return Decision(target.path, Action.REPLACE)
 
@@ -314,12 +343,25 @@ def write_sidecars(
             reasons = "; ".join(f"{decision.path} {decision.reason}" for decision in refused)
             raise SidecarError(f"{source}: no sidecars written: {reasons}")
         contents = {naming.paths[fmt]: text.encode("utf-8") for fmt, text in texts.items()}
-        _replace_all(contents)
         written_at = clock()
-        for path, data in contents.items():
-            records[path] = SidecarRecord(hashlib.sha256(data).hexdigest(), source, written_at)
+        new_records = {
+            target.path: SidecarRecord(
+                _hashes_after_write(contents[target.path], target, records.get(target.path)),
+                source,
+                written_at,
+            )
+            for target in targets
+        }
+        _replace_all(contents, before_renames=lambda: records.save(new_records))
     log.info("%s: wrote %s", source, ", ".join(str(path) for path in contents))
     return list(contents)
+
+
+def _hashes_after_write(data: bytes, target: Target, record: SidecarRecord | None) -> tuple[str, ...]:
+    """The new content's hash, plus the replaced content's when that was ours: a crash may leave either."""
+    new = hashlib.sha256(data).hexdigest()
+    replaced_ours = record is not None and target.sha256 in record.sha256s and target.sha256 != new
+    return (new, target.sha256) if replaced_ours else (new,)
 
 
 def existing_sidecars_newer_than(
@@ -343,9 +385,8 @@ def existing_sidecars_newer_than(
     except OSError:
         return False
     languages = ("", *(SPOKEN_LANGUAGES if language is None else (language,)))
-    records = store.read()
     namings = [
-        sidecar_paths(source, formats, language=lang, settings=settings, records=records, root=root)
+        sidecar_paths(source, formats, language=lang, settings=settings, records=store, root=root)
         for lang in languages
     ]
     return all(any(_is_regular_and_newer(n.paths[fmt], source_mtime) for n in namings) for fmt in formats)
@@ -383,12 +424,12 @@ def sweep_temp_files(directory: Path, older_than_s: float = 3600, now: float | N
     return removed
 
 
-def _replace_all(contents: Mapping[Path, bytes]) -> None:
+def _replace_all(contents: Mapping[Path, bytes], before_renames: Callable[[], None]) -> None:
     """Write every file of a set to a same-folder temp and fsync it; only then rename them all into place.
 
     Whatever can fail for an ordinary reason (a folder that cannot be made or written, a full disk, a
     target turned into a symbolic link meanwhile) fails before the first rename and removes the temps,
-    so a failure leaves the old set.
+    so a failure leaves the old set. `before_renames` runs once everything is staged (the hash records).
     """
     mode = 0o666 & ~_umask()
     pending: dict[Path, str] = {}
@@ -398,6 +439,7 @@ def _replace_all(contents: Mapping[Path, bytes]) -> None:
         for target in contents:
             if os.path.islink(target):
                 raise SidecarError(f"{target} is a symbolic link; not written through")
+        before_renames()
         for target in contents:
             with _reported(f"cannot replace {target}"):
                 os.replace(pending[target], target)

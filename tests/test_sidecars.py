@@ -273,7 +273,7 @@ def test_disk_full_while_writing_the_second_format_leaves_the_old_set(
 ) -> None:
     source = make_source(tmp_path / "talk.mp3")
     write(source, store, texts={"txt": "old\n", "srt": "old srt\n"})
-    records_before = store.read()
+    records_before = store.read_all()
     real_fsync = os.fsync
     calls = []
 
@@ -290,7 +290,7 @@ def test_disk_full_while_writing_the_second_format_leaves_the_old_set(
     assert (tmp_path / "talk.txt").read_text(encoding="utf-8") == "old\n"
     assert (tmp_path / "talk.srt").read_text(encoding="utf-8") == "old srt\n"
     assert temp_files(tmp_path) == []
-    assert store.read() == records_before
+    assert store.read_all() == records_before
 
 
 @pytest.mark.integration
@@ -369,8 +369,7 @@ def test_a_name_that_is_not_utf8_round_trips_through_the_store(tmp_path: Path) -
     write(source, HashStore(tmp_path / "state"))
     assert b"caf\xe9.srt" in os.listdir(folder)
 
-    records = HashStore(tmp_path / "state").read()
-    assert records[source.with_suffix(".srt")].source == source
+    assert HashStore(tmp_path / "state").get(source.with_suffix(".srt")).source == source
     write(source, HashStore(tmp_path / "state"), texts={"txt": "again\n", "srt": SRT})
     assert (source.with_suffix(".txt")).read_text(encoding="utf-8") == "again\n"
 
@@ -413,25 +412,51 @@ def test_concurrent_writers_lose_no_record(tmp_path: Path, store: HashStore) -> 
     for thread in threads:
         thread.join()
     assert errors == []
-    assert len(store.read()) == 2 * len(sources)
+    assert len(store.read_all()) == 2 * len(sources)
 
 
 @pytest.mark.integration
-def test_an_unreadable_store_is_reported_and_started_afresh(
+def test_an_unreadable_record_is_reported_and_its_sidecar_treated_as_not_ours(
     tmp_path: Path, store: HashStore, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store.path.parent.mkdir(parents=True)
-    store.path.write_text("{not json", encoding="utf-8")
+    source = make_source(tmp_path / "talk.mp3")
+    write(source, store)
+    record_file = store.record_file(tmp_path / "talk.srt")
+    record_file.write_text("{not json", encoding="utf-8")
     with caplog.at_level(logging.WARNING, logger="svdaemon.sidecars"):
-        assert store.read() == {}
-    assert str(store.path) in caplog.text
-    write(make_source(tmp_path / "talk.mp3"), store)
-    assert len(store.read()) == 2
+        assert store.get(tmp_path / "talk.srt") is None
+    assert str(record_file) in caplog.text
+    with pytest.raises(SidecarError, match=r"talk\.srt exists and was not written by svdaemon"):
+        write(source, store)
+    write(make_source(tmp_path / "other.mp3"), store)
+    assert {path.name for path in store.read_all()} == {"talk.txt", "other.txt", "other.srt"}
+
+
+@pytest.mark.integration
+def test_a_crash_between_recording_and_renaming_leaves_the_old_sidecars_ours(
+    tmp_path: Path, store: HashStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = make_source(tmp_path / "talk.mp3")
+    write(source, store, texts={"txt": "old\n", "srt": SRT})
+    real_replace = os.replace
+
+    def die_at_the_first_sidecar_rename(temp: str, target: Path) -> None:
+        if Path(target).parent == tmp_path:
+            raise KeyboardInterrupt  # stands for the process being killed right here
+        real_replace(temp, target)
+
+    monkeypatch.setattr(os, "replace", die_at_the_first_sidecar_rename)
+    with pytest.raises(KeyboardInterrupt):
+        write(source, store, texts={"txt": "new\n", "srt": SRT})
+    monkeypatch.undo()
+    assert (tmp_path / "talk.txt").read_text(encoding="utf-8") == "old\n"
+    write(source, store, texts={"txt": "newer\n", "srt": SRT})
+    assert (tmp_path / "talk.txt").read_text(encoding="utf-8") == "newer\n"
 
 
 def test_plan_follows_the_overwrite_policy() -> None:
     own = Path("/x/own.srt")
-    records = {own: SidecarRecord("aa", Path("/x/own.mp3"), 0.0)}
+    records = {own: SidecarRecord(("aa",), Path("/x/own.mp3"), 0.0)}
     targets = [
         Target(Path("/x/new.srt"), TargetKind.MISSING),
         Target(own, TargetKind.FILE, "aa"),
@@ -458,8 +483,8 @@ def test_a_source_named_like_its_sidecar_is_never_overwritten() -> None:
 
 def test_names_taken_twice_are_an_error() -> None:
     records = {
-        Path("/x/talk.srt"): SidecarRecord("aa", Path("/x/talk.mp3"), 0.0),
-        Path("/x/talk.mp3.srt"): SidecarRecord("bb", Path("/y/talk.mp3"), 0.0),
+        Path("/x/talk.srt"): SidecarRecord(("aa",), Path("/x/talk.mp3"), 0.0),
+        Path("/x/talk.mp3.srt"): SidecarRecord(("bb",), Path("/y/talk.mp3"), 0.0),
     }
     with pytest.raises(SidecarError, match="both belong to other files"):
         sidecar_paths(
