@@ -229,7 +229,8 @@ def _mono_16k(frames: Iterable[av.AudioFrame]) -> Iterator[np.ndarray]:
         if (frame.format.name, frame.layout.name, frame.sample_rate) != source:
             if resampler is not None:
                 yield from _averaged(resampler.resample(None))
-            resampler = av.AudioResampler(format="fltp", rate=SAMPLE_RATE)
+            # Packed, not planar: PyAV 18 crashes converting planar audio of 8 channels (7.1) to arrays.
+            resampler = av.AudioResampler(format="flt", rate=SAMPLE_RATE)
             source = (frame.format.name, frame.layout.name, frame.sample_rate)
         yield from _averaged(resampler.resample(frame))
     if resampler is not None:
@@ -238,8 +239,8 @@ def _mono_16k(frames: Iterable[av.AudioFrame]) -> Iterator[np.ndarray]:
 
 def _averaged(frames: list[av.AudioFrame]) -> Iterator[np.ndarray]:
     for frame in frames:
-        planes = frame.to_ndarray()
-        yield planes[0] if planes.shape[0] == 1 else planes.mean(axis=0, dtype=np.float32)
+        interleaved = frame.to_ndarray().reshape(-1, len(frame.layout.channels))
+        yield interleaved[:, 0] if interleaved.shape[1] == 1 else interleaved.mean(axis=1, dtype=np.float32)
 
 
 def _stated_duration_s(container: av.container.InputContainer, stream) -> float | None:

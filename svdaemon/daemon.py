@@ -55,7 +55,11 @@ def hold_lock(state_dir: Path) -> int:
 
 def log_to_file(state_dir: Path) -> None:
     handler = logging.handlers.RotatingFileHandler(
-        state_dir / LOG_FILE, maxBytes=LOG_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8"
+        state_dir / LOG_FILE,
+        maxBytes=LOG_BYTES,
+        backupCount=LOG_BACKUPS,
+        encoding="utf-8",
+        errors="backslashreplace",  # a file name that is not UTF-8 must not lose its log line
     )
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.INFO)

@@ -38,8 +38,11 @@ TEMP_PREFIX = ".svdaemon-"
 TEMP_SUFFIX = ".tmp"
 SPOKEN_LANGUAGES = tuple(language for language in LANGUAGES if language != "auto")
 _UNTAGGED_LANGUAGES = ("", "nospeech")
-# Disk trouble goes away on its own (space freed, share back): retried later, never the file's fault.
-_DISK_TROUBLE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
+# Trouble with the disk or the output folder (full, read-only, no permission, a file where a folder should
+# be) is never the recording's fault: it is retried later, after the user or time has fixed it.
+_ENVIRONMENT_TROUBLE = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR}
+)
 _STORE_SCHEMA = 1
 
 
@@ -352,7 +355,10 @@ def write_sidecars(
             )
             for target in targets
         }
-        _replace_all(contents, before_renames=lambda: records.save(new_records))
+        try:
+            _replace_all(contents, before_renames=lambda: records.save(new_records))
+        except (SidecarError, EnvironmentFault) as error:
+            raise type(error)(f"{source}: {error}") from error
     log.info("%s: wrote %s", source, ", ".join(str(path) for path in contents))
     return list(contents)
 
@@ -486,12 +492,12 @@ def _write_temp(target: Path, data: bytes, mode: int) -> str:
 
 @contextmanager
 def _reported(what: str) -> Iterator[None]:
-    """Turn an OSError into svdaemon's error: disk trouble is retried later, the rest is a sidecar error."""
+    """Turn an OSError into svdaemon's error: disk or folder trouble is retried later, the rest is a sidecar error."""
     try:
         yield
     except OSError as error:
         message = f"{what}: {error.strerror or error}"
-        if error.errno in _DISK_TROUBLE:
+        if error.errno in _ENVIRONMENT_TROUBLE:
             raise EnvironmentFault(message) from error
         raise SidecarError(message) from error
 

@@ -229,7 +229,7 @@ def as_unprivileged(args: list[str], cwd: Path) -> subprocess.CompletedProcess[s
 
 
 @pytest.mark.integration
-def test_unwritable_output_dir_fails_with_the_folder_and_the_cause(world_readable_dir: Path) -> None:
+def test_an_unwritable_output_dir_is_an_environment_fault_naming_file_and_folder(world_readable_dir: Path) -> None:
     base = world_readable_dir
     source = make_source(base / "in" / "talk.mp3")
     (base / "in").chmod(0o755)
@@ -248,13 +248,13 @@ def test_unwritable_output_dir_fails_with_the_folder_and_the_cause(world_readabl
             """
             import sys
             from pathlib import Path
-            from svdaemon.errors import SidecarError
+            from svdaemon.errors import EnvironmentFault
             from svdaemon.sidecars import HashStore, SidecarSettings, write_sidecars
             source, out, state = map(Path, sys.argv[1:4])
             try:
                 write_sidecars(source, {"txt": "hi\\n", "srt": ""}, language="en",
                                settings=SidecarSettings(output_dir=out), store=HashStore(state))
-            except SidecarError as error:
+            except EnvironmentFault as error:
                 print(error)
                 sys.exit(3)
             """
@@ -263,7 +263,7 @@ def test_unwritable_output_dir_fails_with_the_folder_and_the_cause(world_readabl
     )
     result = as_unprivileged([str(script), str(source), str(out), str(state)], base)
     assert result.returncode == 3, result.stderr
-    assert f"{out}: Permission denied" in result.stdout
+    assert f"{source}: cannot create a file in {out}: Permission denied" in result.stdout
     assert os.listdir(out) == []
 
 
