@@ -23,7 +23,7 @@ from svdaemon.errors import SvdaemonError
 from svdaemon.fingerprint import Fingerprint
 from svdaemon.jobs import EnqueueResult, JobQueue
 from svdaemon.owner import current_owner
-from svdaemon.sidecars import sweep_temp_files
+from svdaemon.sidecars import HashStore, sweep_temp_files
 from svdaemon.watcher import FolderWatcher
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,7 @@ class Daemon:
         try:
             log_to_file(self.config.state_dir)
             sweep_temp_files(self.config.state_dir)
+            HashStore(self.config.state_dir).sweep()
             self._install_signals()
             self.queue = JobQueue.open(self.config.state_dir)
             recovered = self.queue.recover()

@@ -111,6 +111,7 @@ class Pipeline:
                 model_name=config.model,
                 device=config.device,
                 precision=config.precision,
+                half_max_rel_error=config.half_max_rel_error,
                 language=config.language,
                 use_itn=config.use_itn,
                 threads=threads,
@@ -124,8 +125,9 @@ class Pipeline:
     ) -> Transcript:
         """Recognise all speech in `source`; DecodeError when it holds no decodable audio.
 
-        `progress` hears how far into the file everything is recognised, batch by batch; `language`
-        overrides the configured spoken language (a watch root's own).
+        `progress` hears how far into the file everything is recognised, after every batch and every
+        decoded block (so a caller can pause or stop there); `language` overrides the configured spoken
+        language (a watch root's own).
         """
         segmenter = SpeechSegmenter(self.vad_model, self.config.vad)
         segments: list[Segment] = []
@@ -139,6 +141,8 @@ class Pipeline:
                 decoded_s = decoded / audio.SAMPLE_RATE
                 segments.extend(self._recognise(pending, recognised_s, decoded_s, progress, language))
                 pending, recognised_s = [], decoded_s
+            elif progress:
+                progress(recognised_s)
         if decoded == 0:
             raise DecodeError(f"{source}: no audio decoded (zero duration)")
         duration_s = decoded / audio.SAMPLE_RATE

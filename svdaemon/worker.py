@@ -100,6 +100,7 @@ class Worker:
         job = self.queue.claim(self.owner)
         if job is None:
             return False
+        self.current = CurrentFile(job.path, 0.0)
         try:
             self._run(job)
         finally:
