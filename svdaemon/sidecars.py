@@ -102,6 +102,11 @@ class HashStore:
         found = self._parse(record_file, raw)
         return found[1] if found is not None and found[0] == path else None
 
+    def sweep(self) -> None:
+        """Remove the temps a crashed writer left among the records (at daemon start)."""
+        for folder in self.folder.glob("??"):
+            _sweep_once(folder)
+
     def read_all(self) -> dict[Path, SidecarRecord]:
         """Every record; lists the whole store, so only for tools and tests, never per file."""
         records = {}

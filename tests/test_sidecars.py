@@ -229,7 +229,9 @@ def as_unprivileged(args: list[str], cwd: Path) -> subprocess.CompletedProcess[s
 
 
 @pytest.mark.integration
-def test_an_unwritable_output_dir_is_an_environment_fault_naming_file_and_folder(world_readable_dir: Path) -> None:
+def test_an_unwritable_output_dir_is_an_environment_fault_naming_file_and_folder(
+    world_readable_dir: Path,
+) -> None:
     base = world_readable_dir
     source = make_source(base / "in" / "talk.mp3")
     (base / "in").chmod(0o755)
