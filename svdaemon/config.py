@@ -98,6 +98,7 @@ class Config:
     model_hub: Literal["ms", "hf"] = "ms"
     device: str = "auto"
     precision: Literal["fp16", "bf16", "fp32"] = "fp16"
+    half_max_rel_error: float = 0.05
     language: Literal["auto", "zh", "en", "yue", "ja", "ko"] = "auto"
     use_itn: bool = True
     formats: tuple[str, ...] = ("txt", "srt")
@@ -419,6 +420,7 @@ def _config_parsers(current: Config, base_dir: Path) -> dict[str, _Parser]:
         "model_hub": _choice(MODEL_HUBS),
         "device": _device,
         "precision": _choice(PRECISIONS),
+        "half_max_rel_error": _number(positive=True),
         "language": _choice(LANGUAGES),
         "use_itn": _boolean,
         "formats": _formats,

@@ -15,13 +15,23 @@ import logging
 import os
 import re
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from svdaemon.errors import StartupError
+from svdaemon.errors import EnvironmentFault, StartupError
+from svdaemon.features import BatchedFeatures, FrontendShape
+from svdaemon.memory import (
+    BatchLimit,
+    BudgetSettings,
+    ShapeSample,
+    activation_allowance,
+    budget_bytes,
+    fit_cost_model,
+    halves,
+)
 from svdaemon.transcript import Segment, Token
 
 log = logging.getLogger(__name__)
@@ -39,7 +49,11 @@ ATTENTION_FRAMES = 3000  # length at which a frame's attention costs as much as 
 # activations leave the cache).
 BATCH_CALL_COST_FRAMES = 100.0
 CPU_BATCH_MAX_FRAMES = 2400
-CUDA_BATCH_MAX_FRAMES = 8000  # until the VRAM budget (memory module) sizes batches on CUDA
+CUDA_BATCH_MAX_FRAMES = 8000  # stands in on CUDA only when batch_max_frames is forced
+# (items, encoder frames) measured at load on CUDA to fit the cost model: two lengths at one size tell the
+# quadratic term, two sizes at one length the linear one; the longest is a 90 s segment.
+COST_SHAPES = ((1, 250), (4, 250), (2, 750), (1, 1500))
+MIN_SPLIT_S = 1.0  # after an out-of-memory error a lone piece is split, but not below this
 REQUIRED_FILES = ("config.yaml", "model.pt", "am.mvn")
 
 _TAG = re.compile(r"^<\|(.+)\|>$")
@@ -68,6 +82,8 @@ class EngineSettings:
     use_itn: bool = True
     batch_max_frames: int | None = None  # padded encoder frames per call; None: the device's default
     threads: int | None = None
+    half_max_rel_error: float = 0.05  # above this, half precision falls back to fp32 on the device
+    vram: BudgetSettings = field(default_factory=BudgetSettings)
 
 
 @dataclass(frozen=True)
@@ -88,6 +104,47 @@ class Recognition:
     @property
     def token_ids(self) -> list[int]:
         return [t.token_id for t in self.tokens]
+
+
+@dataclass(frozen=True)
+class PrecisionCheck:
+    """Half precision against fp32 on the probe batch at load: the logits' error and the argmax agreement.
+
+    With random test weights the top two logits are often nearly equal, so agreement is reported only;
+    non-finite logits or a relative error above the limit are what make the engine fall back to fp32.
+    """
+
+    precision: str
+    max_rel_error: float
+    token_agreement: float
+    finite: bool
+
+    def safe(self, limit: float) -> bool:
+        return self.finite and self.max_rel_error <= limit
+
+
+def compare_logits(precision: str, half: Sequence, full: Sequence) -> PrecisionCheck:
+    """Per item, max |half − fp32| over max |fp32|; the worst item counts."""
+    import torch
+
+    finite = all(bool(torch.isfinite(h).all()) for h in half)
+    errors = [
+        float((h - f).abs().max() / f.abs().max().clamp(min=1e-12)) for h, f in zip(half, full, strict=True)
+    ]
+    agree = sum(int((h.argmax(-1) == f.argmax(-1)).sum()) for h, f in zip(half, full, strict=True))
+    frames = sum(f.shape[0] for f in full)
+    return PrecisionCheck(precision, max(errors) if finite else float("inf"), agree / frames, finite)
+
+
+def probe_waves() -> list[np.ndarray]:
+    """A fixed probe batch of three lengths: a rising tone over soft noise, like speech in level and band."""
+    rng = np.random.default_rng(20261125)
+    waves = []
+    for seconds in (1.0, 2.5, 4.0):
+        t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+        tone = 0.1 * np.sin(2 * np.pi * (150 + 400 * t / seconds) * t)
+        waves.append((tone + 0.02 * rng.standard_normal(t.size)).astype(np.float32))
+    return waves
 
 
 def resolve_device(spec: str) -> str:
@@ -183,15 +240,46 @@ def encoder_frames(num_samples: int) -> int:
     return -(-fbank // 6) + QUERY_FRAMES
 
 
+def samples_for_frames(frames: int) -> int:
+    """The shortest waveform with `frames` encoder frames (queries included)."""
+    return 400 + 160 * (6 * (frames - QUERY_FRAMES) - 6)
+
+
+def quietest_cut(samples: np.ndarray, window: int = SAMPLE_RATE // 10) -> int:
+    """Where to split a piece in two: the middle of its quietest 100 ms window in the middle third."""
+    third = len(samples) // 3
+    middle = samples[third : 2 * third]
+    windows = len(middle) // window
+    if windows == 0:
+        return len(samples) // 2
+    energy = np.square(middle[: windows * window].reshape(windows, window)).sum(axis=1)
+    return third + int(np.argmin(energy)) * window + window // 2
+
+
+def joined(head: Recognition, tail: Recognition, head_frames: int) -> Recognition:
+    """One recognition from the two halves of a split piece; the tail's frames move after the head's.
+
+    The tail's own query frames (its tags, which the head already has) are dropped.
+    """
+    moved = tuple(
+        CtcToken(t.token_id, t.first_frame + head_frames, t.last_frame + head_frames)
+        for t in tail.tokens
+        if t.first_frame >= QUERY_FRAMES
+    )
+    return Recognition(head.tokens + moved)
+
+
 def plan_batches(
-    lengths: Sequence[int], max_frames: int, call_cost_frames: float = BATCH_CALL_COST_FRAMES
+    lengths: Sequence[int],
+    fits: Callable[[int, int], bool],
+    call_cost_frames: float = BATCH_CALL_COST_FRAMES,
 ) -> list[list[int]]:
     """Group item indices into batches of similar length, longest first, at the least padded work.
 
     Every item in a batch is padded to its longest, so a greedy fill that puts a 10 s piece beside 1 s
     ones triples the work. Over the items sorted by length, a dynamic programme picks the contiguous
     groups that minimise padded frames (attention grows with the square of the length) plus a fixed
-    cost per encoder call, with each batch's items x longest within `max_frames`.
+    cost per encoder call, each batch a shape (items, longest) that `fits` allows; an item alone always goes.
     """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     longest = [lengths[i] for i in order]
@@ -200,7 +288,7 @@ def plan_batches(
     for end in range(1, len(order) + 1):
         for start in range(end - 1, -1, -1):
             size, frames = end - start, longest[start]
-            if size > 1 and size * frames > max_frames:
+            if size > 1 and not fits(size, frames):
                 break
             cost = best[start] + size * frames * (1 + frames / ATTENTION_FRAMES) + call_cost_frames
             if cost < best[end]:
@@ -262,8 +350,9 @@ class SenseVoiceEngine:
         self.settings = settings
         self.device = resolve_device(settings.device)
         self.precision = effective_precision(self.device, settings.precision)
-        self.batch_max_frames = settings.batch_max_frames or (
-            CPU_BATCH_MAX_FRAMES if self.device == "cpu" else CUDA_BATCH_MAX_FRAMES
+        self.batch_limit = BatchLimit(
+            max_frames=settings.batch_max_frames
+            or (CPU_BATCH_MAX_FRAMES if self.device == "cpu" else CUDA_BATCH_MAX_FRAMES)
         )
         self._compute_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[
             self.precision
@@ -291,9 +380,81 @@ class SenseVoiceEngine:
         verify_weights(self.model, Path(auto.kwargs["init_param"]))
         self.frontend = auto.kwargs["frontend"]
         self.frontend.dither = 0.0  # SenseVoice's config leaves dither at 1.0: random features each call
+        shape = FrontendShape.of(self.frontend)
+        self._batched_features = shape and BatchedFeatures(shape, self.frontend.cmvn, self.device)
         self.tokenizer = auto.kwargs["tokenizer"]
         self._sp = self.tokenizer.sp
+        self.precision_check: PrecisionCheck | None = None
+        if self.precision != "fp32":
+            self._check_half_precision(settings.half_max_rel_error)
+        if self.device != "cpu" and settings.batch_max_frames is None:
+            self.batch_limit = self._measure_batch_limit(settings.vram)
         log.info("SenseVoice loaded from %s on %s (%s)", settings.model_dir, self.device, self.precision)
+
+    def _check_half_precision(self, limit: float) -> None:
+        """Run the probe batch in half and in fp32; fall back to fp32 on this device when half is unsafe."""
+        import torch
+
+        waves = probe_waves()
+        half = [logits.float() for logits in self.ctc_logits(waves)]
+        asked, self._compute_dtype = self._compute_dtype, torch.float32
+        full = list(self.ctc_logits(waves))
+        check = compare_logits(self.precision, half, full)
+        self.precision_check = check
+        if check.safe(limit):
+            self._compute_dtype = asked
+            log.info(
+                "%s on %s: logits within %.2g of fp32 (limit %.2g), %.1f%% of frames agree",
+                check.precision,
+                self.device,
+                check.max_rel_error,
+                limit,
+                100 * check.token_agreement,
+            )
+            return
+        cause = (
+            "non-finite logits" if not check.finite else f"logits off by {check.max_rel_error:.2g} of fp32"
+        )
+        log.warning(
+            "%s on %s is unsafe for this model (%s, limit %.2g); running in fp32",
+            check.precision,
+            self.device,
+            cause,
+            limit,
+        )
+        self.precision = "fp32"
+
+    def _measure_batch_limit(self, vram: BudgetSettings) -> BatchLimit:
+        """Fit the activation cost of a few batch shapes on this device and set it against the budget."""
+        import torch
+
+        device = torch.device(self.device)
+        weights = torch.cuda.memory_allocated(device)
+        free, _ = torch.cuda.mem_get_info(device)
+        allowance = activation_allowance(
+            budget_bytes(vram, free, held_bytes=torch.cuda.memory_reserved(device)), weights, self.device
+        )
+        rng = np.random.default_rng(0)
+        samples = []
+        for batch, frames in COST_SHAPES:
+            waves = [0.05 * rng.standard_normal(samples_for_frames(frames)).astype(np.float32)] * batch
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+            self.recognize_raw(waves)
+            samples.append(ShapeSample(batch, frames, torch.cuda.max_memory_allocated(device) - base))
+        cost = fit_cost_model(samples)
+        torch.cuda.empty_cache()
+        log.info(
+            "%s: weights %.0f MB, %.0f MB for activations; a batch costs %.3g·B·T + %.3g·B·T² bytes (%s)",
+            self.device,
+            weights / 2**20,
+            allowance / 2**20,
+            cost.linear,
+            cost.quadratic,
+            self.precision,
+        )
+        return BatchLimit(cost=cost, allowance=allowance)
 
     # ---- the batched forward pass ------------------------------------------------------------------
 
@@ -305,10 +466,17 @@ class SenseVoiceEngine:
         return torch.autocast(device_type=self.device.split(":")[0], dtype=self._compute_dtype)
 
     def _features(self, waves: Sequence[np.ndarray]):
-        """Fbank + LFR + CMVN by FunASR's frontend, per waveform, padded into one batch (fp32)."""
+        """Fbank + LFR + CMVN for one padded batch (fp32), computed all at once on the device.
+
+        FunASR's frontend, one waveform at a time, serves a frontend with other options or a piece shorter
+        than one window.
+        """
         import torch
         from torch.nn.utils.rnn import pad_sequence
 
+        batched = self._batched_features
+        if batched and min(len(wave) for wave in waves) >= batched.shape.window_samples:
+            return batched(waves)
         feats, lengths = [], []
         for wave in waves:
             samples = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)).to(self.device)
@@ -367,14 +535,54 @@ class SenseVoiceEngine:
         lengths = [encoder_frames(len(piece.samples)) for piece in pieces]
         results: list[Segment | None] = [None] * len(pieces)
         done, total = 0, sum(lengths)
-        for batch in plan_batches(lengths, self.batch_max_frames):
-            raw = self.recognize_raw([pieces[i].samples for i in batch], language)
+        for batch in plan_batches(lengths, self.batch_limit.fits):
+            raw = self._recognize_backing_off([pieces[i].samples for i in batch], language)
             for index, recognition in zip(batch, raw, strict=True):
                 results[index] = self._segment(pieces[index], recognition)
             done += sum(lengths[i] for i in batch)
             if progress:
                 progress(done / total)
         return [segment for segment in results if segment is not None]
+
+    def _recognize_backing_off(self, waves: Sequence[np.ndarray], language: str | None) -> list[Recognition]:
+        """`recognize_raw`, and after an out-of-memory error the same pieces again: the batch in halves,
+        then a lone piece split at its quietest point; a piece that cannot shrink further is an
+        EnvironmentFault (the job is retried later, never failed for it)."""
+        import torch
+
+        try:
+            return self.recognize_raw(waves, language)
+        except torch.OutOfMemoryError:
+            self._after_oom(len(waves), max(len(wave) for wave in waves))
+        if len(waves) > 1:
+            first, second = halves(range(len(waves)))
+            return [
+                *self._recognize_backing_off([waves[i] for i in first], language),
+                *self._recognize_backing_off([waves[i] for i in second], language),
+            ]
+        wave = waves[0]
+        if len(wave) < 2 * MIN_SPLIT_S * SAMPLE_RATE:
+            raise EnvironmentFault(
+                f"{self.device}: out of memory even for one {len(wave) / SAMPLE_RATE:.1f} s piece; "
+                "other programs hold the GPU's memory"
+            )
+        cut = quietest_cut(wave)
+        (head,) = self._recognize_backing_off([wave[:cut]], language)
+        (tail,) = self._recognize_backing_off([wave[cut:]], language)
+        return [joined(head, tail, encoder_frames(cut) - QUERY_FRAMES)]
+
+    def _after_oom(self, items: int, longest_samples: int) -> None:
+        import torch
+
+        if self.device != "cpu":
+            torch.cuda.empty_cache()
+        self.batch_limit = self.batch_limit.after_oom()
+        log.warning(
+            "%s: out of memory on %d piece(s) of up to %.1f s; retrying smaller, batch limit lowered",
+            self.device,
+            items,
+            longest_samples / SAMPLE_RATE,
+        )
 
     def _segment(self, piece: SpeechLike, recognition: Recognition) -> Segment:
         ids = recognition.token_ids

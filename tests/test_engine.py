@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,11 +14,14 @@ from svdaemon.engine import (
     EngineSettings,
     SenseVoiceEngine,
     collapse_ctc,
+    compare_logits,
     encoder_frames,
     plan_batches,
+    quietest_cut,
     split_tags,
 )
-from svdaemon.errors import StartupError
+from svdaemon.errors import EnvironmentFault, StartupError
+from svdaemon.memory import BatchLimit
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,7 @@ def funasr_alone(
 def test_batched_path_gives_funasr_token_ids_and_logits(cpu_engine, monkeypatch):
     waves = mixed_length_waves(24, seed=1)
     lengths = [encoder_frames(len(w)) for w in waves]
-    batches = plan_batches(lengths, max_frames=900)
+    batches = plan_batches(lengths, BatchLimit(max_frames=900).fits)
     assert len(batches) >= 4 and max(len(b) for b in batches) >= 3, "the test must exercise real batches"
 
     checked = 0
@@ -114,6 +118,59 @@ def test_recognize_is_deterministic_whatever_the_batch(cpu_engine):
     assert alone[0] == together[0]
 
 
+def out_of_memory_when(engine, monkeypatch, too_big) -> list[int]:
+    """Simulates a GPU that runs out of memory on batches `too_big(waves)` picks (no GPU is used)."""
+    real = engine.recognize_raw
+    sizes = []
+
+    def recognize_raw(waves, language=None):
+        sizes.append(len(waves))
+        if too_big(waves):
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(waves, language)
+
+    monkeypatch.setattr(engine, "recognize_raw", recognize_raw)
+    monkeypatch.setattr(engine, "batch_limit", BatchLimit(max_frames=100_000))
+    return sizes
+
+
+@pytest.mark.integration
+def test_out_of_memory_halves_the_batch_and_gives_the_same_segments(cpu_engine, monkeypatch):
+    pieces = [Piece(3.0 * i, w) for i, w in enumerate(mixed_length_waves(6, seed=7))]
+    expected = cpu_engine.recognize(pieces)
+    sizes = out_of_memory_when(cpu_engine, monkeypatch, lambda waves: len(waves) > 2)
+    assert cpu_engine.recognize(pieces) == expected
+    assert max(sizes) > 2 and cpu_engine.batch_limit.max_frames < 100_000
+
+
+@pytest.mark.integration
+def test_a_lone_piece_out_of_memory_is_split_and_joined_in_time(cpu_engine, monkeypatch):
+    speech = (0.1 * np.random.default_rng(8).standard_normal(16000 * 6)).astype(np.float32)
+    pause = np.zeros(16000, dtype=np.float32)
+    piece = Piece(20.0, np.concatenate([speech[: 16000 * 3], pause, speech[16000 * 3 :]]))
+    out_of_memory_when(cpu_engine, monkeypatch, lambda waves: max(len(w) for w in waves) > 16000 * 4)
+    (segment,) = cpu_engine.recognize([piece])
+    assert segment.start_s == 20.0 and segment.end_s == pytest.approx(27.0)
+    starts = [token.start_s for token in segment.tokens]
+    assert starts == sorted(starts) and all(20.0 <= t <= 27.0 for t in starts)
+    assert any(t > 24.0 for t in starts)  # the tail's tokens moved after the head's
+
+
+@pytest.mark.integration
+def test_a_piece_that_cannot_shrink_further_is_an_environment_fault(cpu_engine, monkeypatch):
+    out_of_memory_when(cpu_engine, monkeypatch, lambda waves: True)
+    with pytest.raises(EnvironmentFault, match=r"cpu: out of memory even for one 1\.\d s piece"):
+        cpu_engine.recognize(
+            [Piece(0.0, (0.1 * np.random.default_rng(9).standard_normal(16000 * 5)).astype(np.float32))]
+        )
+
+
+def test_the_quietest_cut_lies_in_the_pause_of_the_middle_third():
+    loud = np.ones(16000 * 9, dtype=np.float32)
+    loud[16000 * 4 : 16000 * 4 + 3200] = 0.0
+    assert 16000 * 4 <= quietest_cut(loud) <= 16000 * 4 + 3200
+
+
 @pytest.mark.integration
 def test_bf16_autocast_on_cpu_stays_close_to_fp32(tiny_model_dir, cpu_engine):
     """Half precision checked on the CPU (bf16 autocast) since CI has no GPU."""
@@ -129,6 +186,36 @@ def test_bf16_autocast_on_cpu_stays_close_to_fp32(tiny_model_dir, cpu_engine):
         agree += int((full.argmax(-1) == half.argmax(-1)).sum())
         total += full.shape[0]
     assert agree / total > 0.9
+    check = bf16.precision_check
+    assert check is not None and check.finite and check.safe(0.05), check
+
+
+@pytest.mark.integration
+def test_half_precision_past_the_error_limit_falls_back_to_fp32_with_a_warning(tiny_model_dir, caplog):
+    with caplog.at_level(logging.WARNING, logger="svdaemon.engine"):
+        engine = SenseVoiceEngine(
+            EngineSettings(
+                model_dir=tiny_model_dir,
+                model_name="tiny",
+                device="cpu",
+                precision="bf16",
+                half_max_rel_error=1e-9,
+            )
+        )
+    assert engine.precision == "fp32"
+    assert engine.precision_check.precision == "bf16" and engine.precision_check.max_rel_error > 1e-9
+    assert "bf16 on cpu is unsafe for this model" in caplog.text and "running in fp32" in caplog.text
+    assert next(engine.ctc_logits(mixed_length_waves(1, seed=6))).dtype == torch.float32
+
+
+def test_non_finite_half_logits_are_never_safe():
+    full = [torch.ones(5, 3)]
+    check = compare_logits("fp16", [torch.tensor([[float("nan"), 0, 0]] * 5)], full)
+    assert not check.finite and not check.safe(1e9)
+    close = compare_logits("fp16", [torch.ones(5, 3) * 1.01], full)
+    assert (
+        close.finite and close.max_rel_error == pytest.approx(0.01, rel=1e-3) and close.token_agreement == 1.0
+    )
 
 
 def test_collapse_ctc_merges_runs_and_drops_blanks():
@@ -144,7 +231,7 @@ def test_collapse_ctc_merges_runs_and_drops_blanks():
 
 def test_plan_batches_sorts_longest_first_within_budget():
     lengths = [10, 50, 20, 50, 5]
-    batches = plan_batches(lengths, max_frames=100)
+    batches = plan_batches(lengths, BatchLimit(max_frames=100).fits)
     assert sorted(i for b in batches for i in b) == [0, 1, 2, 3, 4]
     for batch in batches:
         assert len(batch) * max(lengths[i] for i in batch) <= 100 or len(batch) == 1
