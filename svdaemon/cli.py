@@ -199,9 +199,14 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
         print(f"file: {snapshot.current_file}{done}")
     print(f"queue: {_counts_line(snapshot.queue)}")
     if snapshot.vram_total_mb:
-        print(f"VRAM: {snapshot.vram_used_mb} / {snapshot.vram_total_mb} MB")
+        print(
+            f"VRAM: svdaemon {snapshot.vram_used_mb} MB; card {snapshot.vram_free_mb} MB free "
+            f"of {snapshot.vram_total_mb} MB"
+        )
     paused = f"yes ({snapshot.pause_reason})" if snapshot.paused and snapshot.pause_reason else "yes"
     print(f"paused: {paused if snapshot.paused else 'no'}")
+    if snapshot.notice:
+        print(f"note: {snapshot.notice}")
     if snapshot.last_error:
         print(f"last error: {snapshot.last_error}")
     return EXIT_OK

@@ -106,6 +106,10 @@ class StatusSnapshot:
     pid: int
     started_at_s: float
     version: str
+    vram_free_mb: int | None = None  # free on the whole card, beside vram_used_mb (svdaemon's) and the total
+    notice: str | None = (
+        None  # something the user should know that is not an error (half precision fell back)
+    )
 
     def to_json(self) -> dict[str, object]:
         """A JSON-ready dict with stable keys (the field names); `state` as its string value."""

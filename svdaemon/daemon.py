@@ -171,13 +171,15 @@ class Daemon:
     def snapshot(self) -> StatusSnapshot:
         worker = getattr(self, "worker", None)
         current = worker.current if worker else None
-        paused = bool(worker and worker.paused)
+        pause_reason = worker.pause_reason if worker else None
+        paused = pause_reason is not None
         state = self.state
         if state is DaemonState.IDLE and current is not None:
             state = DaemonState.WORKING
         if state in (DaemonState.IDLE, DaemonState.WORKING) and paused:
             state = DaemonState.PAUSED
         engine = worker.pipeline.engine if worker else None
+        vram = engine.vram() if engine else None
         return StatusSnapshot(
             state=state,
             queue={job_state.value: count for job_state, count in self.queue.counts().items()},
@@ -187,14 +189,16 @@ class Daemon:
             audio_total_s=None,
             device=engine.device if engine else self.config.device,
             precision=engine.precision if engine else self.config.precision,
-            vram_used_mb=None,
-            vram_total_mb=None,
+            vram_used_mb=vram.used_mb if vram else None,
+            vram_total_mb=vram.total_mb if vram else None,
             paused=paused,
-            pause_reason="user" if paused else None,
+            pause_reason=pause_reason,
             last_error=worker.last_error if worker else None,
             pid=os.getpid(),
             started_at_s=self.started_at_s,
             version=__version__,
+            vram_free_mb=vram.free_mb if vram else None,
+            notice=engine.notice if engine else None,
         )
 
     def handle(self, command: Command) -> Reply:
@@ -210,7 +214,5 @@ class Daemon:
         if command.name == "resume":
             worker.resume()
             return Reply(True, "resumed")
-        return Reply(
-            False,
-            f"switching to {command.argument} while running is not built yet; restart with device: in the config",
-        )
+        worker.request_device(command.argument)
+        return Reply(True, f"moving to {command.argument} after the current batch")

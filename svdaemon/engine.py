@@ -21,9 +21,10 @@ from typing import Protocol
 
 import numpy as np
 
-from svdaemon.errors import EnvironmentFault, StartupError
+from svdaemon.errors import DeviceLost, EnvironmentFault, StartupError
 from svdaemon.features import BatchedFeatures, FrontendShape
 from svdaemon.memory import (
+    MB,
     BatchLimit,
     BudgetSettings,
     ShapeSample,
@@ -145,6 +146,24 @@ def probe_waves() -> list[np.ndarray]:
         tone = 0.1 * np.sin(2 * np.pi * (150 + 400 * t / seconds) * t)
         waves.append((tone + 0.02 * rng.standard_normal(t.size)).astype(np.float32))
     return waves
+
+
+@dataclass(frozen=True)
+class VramReading:
+    """svdaemon's reserved VRAM and the card's free and total memory, in MB."""
+
+    used_mb: int
+    free_mb: int
+    total_mb: int
+
+
+def next_device(failed: str, free_by_gpu: Sequence[int], fallback_to_cpu: bool) -> str | None:
+    """Where to go on after `failed` stopped working: the other GPU with most free memory, else the CPU
+    when `fallback_to_cpu`, else None (pause)."""
+    others = [(free, index) for index, free in enumerate(free_by_gpu) if f"cuda:{index}" != failed]
+    if others:
+        return f"cuda:{max(others)[1]}"
+    return "cpu" if fallback_to_cpu else None
 
 
 def resolve_device(spec: str) -> str:
@@ -344,19 +363,10 @@ class SenseVoiceEngine:
     """A loaded SenseVoice Small on one device; `recognize` turns speech pieces into Segments."""
 
     def __init__(self, settings: EngineSettings) -> None:
-        import torch
 
         check_model_dir(settings.model_dir)
         self.settings = settings
         self.device = resolve_device(settings.device)
-        self.precision = effective_precision(self.device, settings.precision)
-        self.batch_limit = BatchLimit(
-            max_frames=settings.batch_max_frames
-            or (CPU_BATCH_MAX_FRAMES if self.device == "cpu" else CUDA_BATCH_MAX_FRAMES)
-        )
-        self._compute_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[
-            self.precision
-        ]
         threads = settings.threads or len(os.sched_getaffinity(0))
         captured = io.StringIO()
         with contextlib.redirect_stdout(captured):  # FunASR prints banners and notices to stdout
@@ -380,16 +390,85 @@ class SenseVoiceEngine:
         verify_weights(self.model, Path(auto.kwargs["init_param"]))
         self.frontend = auto.kwargs["frontend"]
         self.frontend.dither = 0.0  # SenseVoice's config leaves dither at 1.0: random features each call
-        shape = FrontendShape.of(self.frontend)
-        self._batched_features = shape and BatchedFeatures(shape, self.frontend.cmvn, self.device)
         self.tokenizer = auto.kwargs["tokenizer"]
         self._sp = self.tokenizer.sp
+        self.loaded = True
+        self._prepare_on(self.device)
+        log.info("SenseVoice loaded from %s on %s (%s)", settings.model_dir, self.device, self.precision)
+
+    # ---- the device ------------------------------------------------------------------------------------
+
+    def _prepare_on(self, device: str) -> None:
+        """Everything that depends on the device: features, precision (probed) and the batch limit."""
+        import torch
+
+        settings = self.settings
+        self.device = device
+        self.precision = effective_precision(device, settings.precision)
+        self._compute_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[
+            self.precision
+        ]
+        self.batch_limit = BatchLimit(
+            max_frames=settings.batch_max_frames
+            or (CPU_BATCH_MAX_FRAMES if device == "cpu" else CUDA_BATCH_MAX_FRAMES)
+        )
+        shape = FrontendShape.of(self.frontend)
+        self._batched_features = shape and BatchedFeatures(shape, self.frontend.cmvn, device)
         self.precision_check: PrecisionCheck | None = None
+        self.notice: str | None = None
         if self.precision != "fp32":
             self._check_half_precision(settings.half_max_rel_error)
-        if self.device != "cpu" and settings.batch_max_frames is None:
+        if device != "cpu" and settings.batch_max_frames is None:
             self.batch_limit = self._measure_batch_limit(settings.vram)
-        log.info("SenseVoice loaded from %s on %s (%s)", settings.model_dir, self.device, self.precision)
+
+    def move_to(self, spec: str) -> None:
+        """Go on on another device (`svdaemon device NAME`, or a GPU that failed); StartupError if it cannot."""
+        target = resolve_device(spec)
+        if target == self.device and self.loaded:
+            return
+        previous = self.device
+        self.model.to(target)
+        self.loaded = True
+        self._release(previous)
+        self._prepare_on(target)
+        log.info("SenseVoice moved from %s to %s (%s)", previous, target, self.precision)
+
+    def vram(self) -> VramReading | None:
+        """svdaemon's reserved memory and the card's free and total, in MB; None on the CPU."""
+        if self.device == "cpu":
+            return None
+        import torch
+
+        device = torch.device(self.device)
+        free, total = torch.cuda.mem_get_info(device)
+        return VramReading(torch.cuda.memory_reserved(device) // MB, free // MB, total // MB)
+
+    def release_cache(self) -> None:
+        """Give the allocator's cached blocks back to the card, keeping the weights (the queue drained)."""
+        self._release(self.device)
+
+    def unload(self) -> None:
+        """Move the weights to host memory so that svdaemon holds no VRAM (idle); `ensure_loaded` undoes it."""
+        if self.device == "cpu" or not self.loaded:
+            return
+        self.model.to("cpu")
+        self.loaded = False
+        self._release(self.device)
+        log.info("SenseVoice unloaded from %s after idling", self.device)
+
+    def ensure_loaded(self) -> None:
+        if not self.loaded:
+            self.model.to(self.device)
+            self.loaded = True
+            log.info("SenseVoice loaded again on %s", self.device)
+
+    @staticmethod
+    def _release(device: str) -> None:
+        if device != "cpu":
+            import torch
+
+            with torch.cuda.device(torch.device(device)):
+                torch.cuda.empty_cache()
 
     def _check_half_precision(self, limit: float) -> None:
         """Run the probe batch in half and in fp32; fall back to fp32 on this device when half is unsafe."""
@@ -415,13 +494,11 @@ class SenseVoiceEngine:
         cause = (
             "non-finite logits" if not check.finite else f"logits off by {check.max_rel_error:.2g} of fp32"
         )
-        log.warning(
-            "%s on %s is unsafe for this model (%s, limit %.2g); running in fp32",
-            check.precision,
-            self.device,
-            cause,
-            limit,
+        self.notice = (
+            f"{check.precision} on {self.device} is unsafe for this model ({cause}, limit {limit:.2g}); "
+            "running in fp32"
         )
+        log.warning("%s", self.notice)
         self.precision = "fp32"
 
     def _measure_batch_limit(self, vram: BudgetSettings) -> BatchLimit:
@@ -554,6 +631,8 @@ class SenseVoiceEngine:
             return self.recognize_raw(waves, language)
         except torch.OutOfMemoryError:
             self._after_oom(len(waves), max(len(wave) for wave in waves))
+        except torch.AcceleratorError as error:
+            raise DeviceLost(f"{self.device} failed: {str(error).splitlines()[0]}") from error
         if len(waves) > 1:
             first, second = halves(range(len(waves)))
             return [

@@ -32,3 +32,7 @@ class EnvironmentFault(SvdaemonError):
 
 class SourceChanged(SvdaemonError):
     """The source changed while it was being transcribed: its sidecars would describe the old content."""
+
+
+class DeviceLost(EnvironmentFault):
+    """The GPU failed or disappeared mid-job: the job goes back to the queue and the worker changes device."""

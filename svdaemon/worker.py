@@ -1,28 +1,43 @@
 """The worker thread: one job at a time from the queue, through the pipeline, to a recorded outcome.
 
-Pause and stop act between engine batches: the pipeline's progress callback, called after each batch, is
-where the worker holds (pause) or leaves the file (stop: the job goes back to the queue, no attempt
-counted). A file is checked against its queued fingerprint before it is read, and again by the pipeline
-before its sidecars are written, so changed content is never transcribed as the old one.
+Pause and stop act between engine batches: the pipeline's progress callback, called after each batch and
+each decoded block, is where the worker holds (pause), leaves the file (stop: the job goes back to the
+queue, no attempt counted), switches device when asked, and steps aside while another program needs the
+GPU's memory. A file is checked against its queued fingerprint before it is read, and again by the
+pipeline before its sidecars are written, so changed content is never transcribed as the old one.
+When the queue drains the engine gives its cached VRAM back; after `idle_unload_s` it holds none.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from svdaemon.config import Config
-from svdaemon.errors import DecodeError, EnvironmentFault, SidecarError, SourceChanged, SvdaemonError
+from svdaemon.engine import next_device
+from svdaemon.errors import (
+    DecodeError,
+    DeviceLost,
+    EnvironmentFault,
+    SidecarError,
+    SourceChanged,
+    StartupError,
+    SvdaemonError,
+)
 from svdaemon.fingerprint import Fingerprint
 from svdaemon.jobs import ErrorKind, Job, JobQueue, JobState
+from svdaemon.memory import MB, should_yield
 from svdaemon.pipeline import Pipeline
 from svdaemon.sidecars import ERROR_SIDECAR, existing_sidecars_newer_than, write_sidecars
 
 log = logging.getLogger(__name__)
 
 PAUSE_POLL_S = 0.1
+YIELD_POLL_S = 1.0  # how often free VRAM is read again while stepping aside
 
 
 class _Leaving(Exception):
@@ -41,7 +56,13 @@ class Worker:
     """Claims jobs for `owner` and runs them; `start`/`stop` the thread, `pause`/`resume` between batches."""
 
     def __init__(
-        self, queue: JobQueue, pipeline: Pipeline, config: Config, owner: str, idle_wait_s: float = 1.0
+        self,
+        queue: JobQueue,
+        pipeline: Pipeline,
+        config: Config,
+        owner: str,
+        idle_wait_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.queue = queue
         self.pipeline = pipeline
@@ -50,17 +71,37 @@ class Worker:
         self.idle_wait_s = idle_wait_s
         self.current: CurrentFile | None = None
         self.last_error: str | None = None
+        self._short_of_vram: str | None = None  # another program needs the card's memory
+        self._no_device: str | None = None  # the GPU failed and there is nowhere to go on
+        self._clock = clock
         self._stopping = threading.Event()
-        self._running = threading.Event()  # cleared while paused
+        self._running = threading.Event()  # cleared while paused by the user
         self._running.set()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._device_request: str | None = None
+        self._idle_since: float | None = None
 
     # ---- control --------------------------------------------------------------------------------------
 
     @property
     def paused(self) -> bool:
         return not self._running.is_set()
+
+    @property
+    def yielding(self) -> str | None:
+        """Why the worker stands aside on its own, or None."""
+        return self._no_device or self._short_of_vram
+
+    @property
+    def pause_reason(self) -> str | None:
+        """`user`, or the worker's own reason for standing aside (another program needs VRAM, no GPU)."""
+        return "user" if self.paused else self.yielding
+
+    def request_device(self, spec: str) -> None:
+        """Move the model to `spec` after the current batch and go on with the same file there."""
+        self._device_request = spec
+        self._wake.set()
 
     def pause(self) -> None:
         """Hold after the current batch; the file goes on from there on `resume`."""
@@ -91,9 +132,56 @@ class Worker:
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
-            if self.paused or not self.run_once():
-                self._wake.wait(self.idle_wait_s)
-                self._wake.clear()
+            if not self.paused:
+                self._between_batches()
+                if self.yielding is None and self.run_once():
+                    self._idle_since = None
+                    continue
+                self._idle()
+            self._wake.wait(self.idle_wait_s)
+            self._wake.clear()
+
+    def _idle(self) -> None:
+        """Queue drained: give the cached VRAM back at once, and all of it after `idle_unload_s`."""
+        engine = self.pipeline.engine
+        now = self._clock()
+        if self._idle_since is None:
+            self._idle_since = now
+            engine.release_cache()
+        elif now - self._idle_since >= self.config.idle_unload_s:
+            engine.unload()
+
+    def _between_batches(self) -> None:
+        """Where a device switch happens and where the worker steps aside while the card is short of memory."""
+        spec, self._device_request = self._device_request, None
+        if spec is not None:
+            self._move_to(spec)
+        engine = self.pipeline.engine
+        reading = engine.vram()
+        while reading is not None and should_yield(
+            reading.free_mb * MB, self.config.vram_floor_mb, yielded=self._short_of_vram is not None
+        ):
+            if self._short_of_vram is None:
+                self._short_of_vram = (
+                    f"another program needs the GPU's memory ({reading.free_mb} MB free on {engine.device})"
+                )
+                log.warning("%s; svdaemon steps aside until it is back", self._short_of_vram)
+                engine.release_cache()
+            if self._stopping.wait(YIELD_POLL_S) or self._device_request is not None:
+                return
+            reading = engine.vram()
+        if self._short_of_vram is not None:
+            log.info("GPU memory is back (%d MB free); going on", reading.free_mb if reading else 0)
+            self._short_of_vram = None
+
+    def _move_to(self, spec: str) -> None:
+        try:
+            self.pipeline.engine.move_to(spec)
+        except StartupError as error:
+            self.last_error = str(error)
+            log.error("device not changed: %s", error)
+            return
+        self._no_device = self._short_of_vram = None
 
     def run_once(self) -> bool:
         """Claim and run one job; False when none was due."""
@@ -101,6 +189,7 @@ class Worker:
         if job is None:
             return False
         self.current = CurrentFile(job.path, 0.0)
+        self.pipeline.engine.ensure_loaded()
         try:
             self._run(job)
         finally:
@@ -151,6 +240,11 @@ class Worker:
         except SourceChanged as error:
             log.info("%s", error)
             self.queue.requeue(job, Fingerprint.of(job.path), delay_s=self.config.settle_s)
+        except DeviceLost as error:
+            self.last_error = f"{job.path}: {error}"
+            log.error("%s; the file stays queued", self.last_error)
+            self.queue.requeue(job)
+            self._after_device_loss(str(error))
         except (DecodeError, SidecarError, EnvironmentFault) as error:
             self._record(job, error)
         else:
@@ -162,9 +256,23 @@ class Worker:
                 outcome.realtime_factor,
             )
 
+    def _after_device_loss(self, cause: str) -> None:
+        """Go on on the next GPU, or the CPU when `fallback_to_cpu`; else stand aside with the cause shown."""
+        failed = self.pipeline.engine.device
+        target = next_device(failed, gpu_free_memory(), self.config.fallback_to_cpu)
+        if target is not None:
+            log.warning("%s failed; going on on %s", failed, target)
+            self._move_to(target)
+        else:
+            self._no_device = (
+                f"{cause}; no other device (set fallback_to_cpu or choose one with svdaemon device)"
+            )
+            log.error("%s", self._no_device)
+
     def _progress(self, job: Job):
         def report(done_s: float) -> None:
             self.current = CurrentFile(job.path, done_s)
+            self._between_batches()
             while self.paused and not self._stopping.is_set():
                 self._stopping.wait(PAUSE_POLL_S)
             if self._stopping.is_set():
@@ -197,3 +305,18 @@ class Worker:
             )
         except SvdaemonError as error:
             log.warning("%s: no error sidecar written: %s", job.path, error)
+
+
+def gpu_free_memory() -> list[int]:
+    """Free bytes on each visible GPU now; a GPU that cannot be read counts as having none."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    free = []
+    for index in range(torch.cuda.device_count()):
+        try:
+            free.append(torch.cuda.mem_get_info(index)[0])
+        except RuntimeError:
+            free.append(0)
+    return free

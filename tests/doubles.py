@@ -26,6 +26,8 @@ SNAPSHOT = StatusSnapshot(
     pid=4242,
     started_at_s=1_700_000_000.5,
     version="0.1.0",
+    vram_free_mb=5000,
+    notice="fp16 on cuda:0 is unsafe for this model (non-finite logits, limit 0.05); running in fp32",
 )
 
 

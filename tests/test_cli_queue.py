@@ -65,7 +65,8 @@ def test_status_and_commands_reach_the_running_daemon(svd, tmp_path):
         code, out, _ = svd("status")
         assert code == 0
         assert "working on cuda:0 (fp16)" in out and "/home/u/Transcribe/talk.mp4 25%" in out
-        assert "VRAM: 1800 / 8192 MB" in out and "not an audio file" in out
+        assert "VRAM: svdaemon 1800 MB; card 5000 MB free of 8192 MB" in out and "not an audio file" in out
+        assert "note: fp16 on cuda:0 is unsafe" in out
         code, out, _ = svd("status", "--json")
         assert code == 0 and json.loads(out)["running"] is True
         assert [svd("pause")[0], svd("resume")[0], svd("device", "cuda:1")[0]] == [0, 0, 0]

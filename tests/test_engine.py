@@ -16,6 +16,7 @@ from svdaemon.engine import (
     collapse_ctc,
     compare_logits,
     encoder_frames,
+    next_device,
     plan_batches,
     quietest_cut,
     split_tags,
@@ -296,3 +297,29 @@ def test_auto_device_picks_a_gpu_when_there_is_one():
     count = torch.cuda.device_count()
     with pytest.raises(StartupError, match=f'device: "cuda:{count}" — only {count} GPU'):
         resolve_device(f"cuda:{count}")
+
+
+def test_after_a_gpu_fails_the_next_device_is_the_freest_other_gpu_or_the_cpu_if_allowed():
+    gib = 2**30
+    assert next_device("cuda:0", [8 * gib, 3 * gib, 6 * gib], fallback_to_cpu=False) == "cuda:2"
+    assert next_device("cuda:0", [8 * gib], fallback_to_cpu=True) == "cpu"
+    assert next_device("cuda:0", [8 * gib], fallback_to_cpu=False) is None
+    assert next_device("cuda:0", [], fallback_to_cpu=False) is None  # the card vanished from the bus
+
+
+@pytest.mark.gpu
+def test_release_unload_and_move_on_a_real_gpu(tiny_model_dir):
+    """Real CUDA (skipped without it): cache back after release, 0 MB after unload, same ids after a move."""
+    engine = SenseVoiceEngine(
+        EngineSettings(model_dir=tiny_model_dir, model_name="tiny", device="cuda", precision="fp16")
+    )
+    waves = mixed_length_waves(4, seed=10)
+    before = [r.token_ids for r in engine.recognize_raw(waves)]
+    engine.release_cache()
+    assert engine.vram().used_mb <= torch.cuda.memory_allocated() // 2**20 + 2
+    engine.unload()
+    assert torch.cuda.memory_allocated() == 0 and engine.vram().used_mb == 0
+    engine.ensure_loaded()
+    engine.move_to(f"cuda:{torch.cuda.device_count() - 1}")
+    assert [r.token_ids for r in engine.recognize_raw(waves)] == before
+    assert engine.batch_limit.cost is not None and engine.batch_limit.allowance > 0

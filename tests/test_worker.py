@@ -9,8 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from svdaemon.config import Config, WatchRoot, load_config
+from svdaemon.engine import VramReading
 from svdaemon.fingerprint import Fingerprint
 from svdaemon.jobs import JobQueue, JobState
 from svdaemon.owner import current_owner
@@ -175,3 +177,99 @@ def test_a_watch_root_s_own_formats_and_output_dir_apply(queue, pipeline, speech
     assert queue.get(path).state is JobState.DONE
     assert (tmp_path / "out" / "memo.json").exists()
     assert not (inbox / "memo.srt").exists() and not (tmp_path / "out" / "memo.srt").exists()
+
+
+# ---- the GPU's part, simulated: these readings and errors stand for a GPU that CI does not have ----------
+
+
+class SimulatedCard:
+    """Free-memory readings a GPU would give, in order (the last repeats), and what svdaemon did with it."""
+
+    def __init__(self, free_mb: list[int]) -> None:
+        self.free_mb = free_mb
+        self.released = self.unloaded = 0
+
+    def vram(self) -> VramReading:
+        free = self.free_mb.pop(0) if len(self.free_mb) > 1 else self.free_mb[0]
+        return VramReading(used_mb=900, free_mb=free, total_mb=24_000)
+
+    def release_cache(self) -> None:
+        self.released += 1
+
+    def unload(self) -> None:
+        self.unloaded += 1
+
+
+@pytest.fixture
+def card(pipeline, monkeypatch):
+    def install(free_mb: list[int]) -> SimulatedCard:
+        simulated = SimulatedCard(free_mb)
+        for name in ("vram", "release_cache", "unload"):
+            monkeypatch.setattr(pipeline.engine, name, getattr(simulated, name))
+        monkeypatch.setattr("svdaemon.worker.YIELD_POLL_S", 0.05)
+        return simulated
+
+    return install
+
+
+def test_the_worker_steps_aside_while_another_program_needs_the_memory(
+    queue, pipeline, speech, tmp_path, card
+):
+    simulated = card([300] * 20 + [1100] * 10 + [4000])  # a game starts, hovers at the floor, then quits
+    path = write_audio(tmp_path / "during-a-game.wav", speech, 16000)
+    enqueue(queue, path)
+    worker = worker_for(queue, pipeline, skip_existing=False, vram_floor_mb=1024)
+    worker.start()
+    assert wait_for(lambda: worker.pause_reason is not None, 10)
+    assert "another program needs the GPU's memory (300 MB free" in worker.pause_reason
+    assert queue.get(path).state is JobState.QUEUED and simulated.released >= 1
+    assert wait_for(lambda: queue.get(path).state is JobState.DONE, 60)
+    assert worker.pause_reason is None
+    assert simulated.free_mb == [4000]  # it waited past the readings just above the floor
+    assert worker.stop()
+
+
+def test_a_drained_queue_gives_the_cache_back_and_idling_unloads(queue, pipeline, speech, tmp_path, card):
+    simulated = card([8000])
+    now = [1000.0]
+    worker = Worker(
+        queue,
+        pipeline,
+        dataclasses.replace(pipeline.config, skip_existing=False, idle_unload_s=600),
+        current_owner(),
+        idle_wait_s=0.02,
+        clock=lambda: now[0],
+    )
+    enqueue(queue, write_audio(tmp_path / "short.wav", speech, 16000))
+    worker.start()
+    assert wait_for(lambda: simulated.released >= 1, 30)
+    assert simulated.unloaded == 0
+    now[0] += 601
+    assert wait_for(lambda: simulated.unloaded >= 1, 5)
+    assert worker.stop()
+
+
+def test_a_failed_gpu_requeues_the_file_and_waits_for_a_device(
+    queue, pipeline, speech, tmp_path, monkeypatch
+):
+    def gpu_fault(waves, language=None):
+        raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered (simulated)")
+
+    path = write_audio(tmp_path / "talk.wav", speech, 16000)
+    enqueue(queue, path)
+    monkeypatch.setattr(pipeline.engine, "recognize_raw", gpu_fault)
+    monkeypatch.setattr("svdaemon.worker.gpu_free_memory", lambda: [])  # the only GPU is gone
+    worker = worker_for(queue, pipeline, skip_existing=False, fallback_to_cpu=False)
+    assert worker.run_once()
+    job = queue.get(path)
+    assert job.state is JobState.QUEUED and job.attempts == 0
+    assert "illegal memory access" in worker.last_error and str(path) in worker.last_error
+    assert "no other device" in worker.pause_reason
+    worker.start()
+    time.sleep(0.3)
+    assert queue.get(path).attempts == 0 and queue.get(path).state is JobState.QUEUED  # nothing claimed
+    monkeypatch.undo()
+    worker.request_device("cpu")  # what `svdaemon device cpu` sends
+    assert wait_for(lambda: queue.get(path).state is JobState.DONE, 60)
+    assert worker.pause_reason is None
+    assert worker.stop()
