@@ -36,6 +36,20 @@ Progress = Callable[[float], None]  # seconds of audio done
 
 
 @dataclass(frozen=True)
+class SpeechChunk:
+    """Speech pieces that close the span [from_s, to_s] of a file's audio; `last` when the file ends at to_s."""
+
+    pieces: tuple
+    from_s: float
+    to_s: float
+    last: bool
+
+    @property
+    def speech_s(self) -> float:
+        return sum(len(piece.samples) for piece in self.pieces) / audio.SAMPLE_RATE
+
+
+@dataclass(frozen=True)
 class Outcome:
     source: Path
     transcript: Transcript
@@ -120,36 +134,59 @@ class Pipeline:
         set_threads(threads)
         return cls(config, engine, vad_model, decoder)
 
-    def transcribe_file(
-        self, source: Path, progress: Progress | None = None, language: str | None = None
-    ) -> Transcript:
-        """Recognise all speech in `source`; DecodeError when it holds no decodable audio.
+    def speech_chunks(
+        self, source: Path, checkpoint: Callable[[], None] | None = None
+    ) -> Iterator[SpeechChunk]:
+        """The file's speech in chunks of about FLUSH_SPEECH_S, each closing a span of the audio.
 
-        `progress` hears how far into the file everything is recognised, after every batch and every
-        decoded block (so a caller can pause or stop there); `language` overrides the configured spoken
-        language (a watch root's own).
+        Decoding and VAD only, so that it can run ahead of the engine; `checkpoint` is called after every
+        decoded block (a place to stop). DecodeError when the file holds no decodable audio.
         """
         segmenter = SpeechSegmenter(self.vad_model, self.config.vad)
-        segments: list[Segment] = []
         pending = []
         decoded = 0
-        recognised_s = 0.0
+        closed_s = 0.0
         for block in self.decoder.blocks(source, self.config.audio_language):
             decoded += len(block)
             pending.extend(segmenter.push(block))
             if sum(len(piece.samples) for piece in pending) >= FLUSH_SPEECH_S * audio.SAMPLE_RATE:
                 decoded_s = decoded / audio.SAMPLE_RATE
-                segments.extend(self._recognise(pending, recognised_s, decoded_s, progress, language))
-                pending, recognised_s = [], decoded_s
-            elif progress:
-                progress(recognised_s)
+                yield SpeechChunk(tuple(pending), closed_s, decoded_s, last=False)
+                pending, closed_s = [], decoded_s
+            if checkpoint:
+                checkpoint()
         if decoded == 0:
             raise DecodeError(f"{source}: no audio decoded (zero duration)")
-        duration_s = decoded / audio.SAMPLE_RATE
         pending.extend(segmenter.finish())
-        segments.extend(self._recognise(pending, recognised_s, duration_s, progress, language))
+        yield SpeechChunk(tuple(pending), closed_s, decoded / audio.SAMPLE_RATE, last=True)
+
+    def transcribe_file(
+        self, source: Path, progress: Progress | None = None, language: str | None = None
+    ) -> Transcript:
+        """Recognise all speech in `source`; DecodeError when it holds no decodable audio.
+
+        `progress` hears how far into the file everything is recognised, after every batch; `language`
+        overrides the configured spoken language (a watch root's own).
+        """
+        segments: list[Segment] = []
+        duration_s = 0.0
+        for chunk in self.speech_chunks(source):
+            segments.extend(self.recognise(chunk, progress, language))
+            duration_s = chunk.to_s
         if progress:
             progress(duration_s)
+        return self.transcript(source, segments, duration_s)
+
+    def recognise(
+        self, chunk: SpeechChunk, progress: Progress | None = None, language: str | None = None
+    ) -> list[Segment]:
+        """Segments for a chunk's pieces; progress moves through the span the chunk closes."""
+        span = chunk.to_s - chunk.from_s
+        report = None if progress is None else lambda fraction: progress(chunk.from_s + fraction * span)
+        return self.engine.recognize(chunk.pieces, report, language)
+
+    def transcript(self, source: Path, segments: list[Segment], duration_s: float) -> Transcript:
+        """The file's transcript from its segments in time order; silent segments are left out."""
         spoken = tuple(segment for segment in segments if segment.text)
         return Transcript(
             file=source.absolute(),
@@ -160,13 +197,6 @@ class Pipeline:
             language=dominant_language(spoken),
             segments=spoken,
         )
-
-    def _recognise(
-        self, pieces, from_s: float, to_s: float, progress: Progress | None, language: str | None
-    ) -> list[Segment]:
-        """Recognise the pieces that close the audio span [from_s, to_s]; progress moves through that span."""
-        report = None if progress is None else lambda fraction: progress(from_s + fraction * (to_s - from_s))
-        return self.engine.recognize(pieces, report, language)
 
     def render(self, transcript: Transcript, formats: tuple[str, ...]) -> dict[str, str]:
         return {fmt: subtitles.render(fmt, transcript, self.config.subtitles) for fmt in formats}
@@ -188,16 +218,34 @@ class Pipeline:
         self.decoder.probe(source, self.config.audio_language)  # bad files fail before any model work
         before = Fingerprint.of(source)
         transcript = self.transcribe_file(source, progress, language)
-        if Fingerprint.of(source) != before:
+        written = self.write(transcript, before, root, formats, output_dir)
+        return Outcome(source, transcript, written, time.perf_counter() - started)
+
+    def write(
+        self,
+        transcript: Transcript,
+        read_as: Fingerprint,
+        root: Path | None = None,
+        formats: tuple[str, ...] | None = None,
+        output_dir: Path | None = None,
+    ) -> tuple[Path, ...]:
+        """The transcript's sidecars, unless the source is no longer the content that was read (`read_as`)."""
+        source = transcript.file
+        try:
+            changed = Fingerprint.of(source) != read_as
+        except FileNotFoundError:
+            changed = True
+        if changed:
             raise SourceChanged(f"{source}: changed while it was being transcribed; no sidecars written")
+        settings = (
+            replace(self.sidecar_settings, output_dir=output_dir) if output_dir else self.sidecar_settings
+        )
         written = write_sidecars(
             source,
             self.render(transcript, formats or self.config.formats),
             language=transcript.language,
-            settings=replace(self.sidecar_settings, output_dir=output_dir)
-            if output_dir
-            else self.sidecar_settings,
+            settings=settings,
             store=self.store,
             root=root,
         )
-        return Outcome(source, transcript, tuple(written), time.perf_counter() - started)
+        return tuple(written)

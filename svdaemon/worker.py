@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from svdaemon.config import Config
@@ -32,16 +32,33 @@ from svdaemon.fingerprint import Fingerprint
 from svdaemon.jobs import ErrorKind, Job, JobQueue, JobState
 from svdaemon.memory import MB, should_yield
 from svdaemon.pipeline import Pipeline
+from svdaemon.prefetch import Prefetcher, Ready
 from svdaemon.sidecars import ERROR_SIDECAR, existing_sidecars_newer_than, write_sidecars
+from svdaemon.transcript import Segment
 
 log = logging.getLogger(__name__)
 
 PAUSE_POLL_S = 0.1
+POOL_SPEECH_S = 600.0  # speech recognised per engine call, across files: short files share batches
+MAX_AHEAD = 8  # jobs claimed at once (being prepared, waiting, or in the engine)
 YIELD_POLL_S = 1.0  # how often free VRAM is read again while stepping aside
 
 
 class _Leaving(Exception):
     """Raised in the progress callback to abandon the current file because the worker stops."""
+
+
+@dataclass
+class _Active:
+    """A claimed job on its way: its root's settings and the segments recognised so far."""
+
+    job: Job
+    formats: tuple[str, ...]
+    language: str
+    output_dir: Path | None
+    started_s: float
+    segments: list[Segment] = field(default_factory=list)
+    done_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -81,6 +98,9 @@ class Worker:
         self._thread: threading.Thread | None = None
         self._device_request: str | None = None
         self._idle_since: float | None = None
+        self._prefetch: Prefetcher | None = None
+        self._active: dict[int, _Active] = {}  # claimed jobs by id, in claim order
+        self._held: Ready | None = None  # a ready chunk kept for the next pool (another language)
 
     # ---- control --------------------------------------------------------------------------------------
 
@@ -120,13 +140,19 @@ class Worker:
         self._thread.start()
 
     def stop(self, timeout_s: float = 10.0) -> bool:
-        """Stop claiming; the current file is abandoned after its batch and requeued. True when joined."""
+        """Stop claiming; the files in hand are abandoned after the batch and requeued. True when joined."""
         self._stopping.set()
         self._wake.set()
-        if self._thread is None:
-            return True
-        self._thread.join(timeout_s)
-        return not self._thread.is_alive()
+        joined = True
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            joined = not self._thread.is_alive()
+        if joined:
+            self._abandon_all("left unfinished at stop; it stays queued")
+            if self._prefetch is not None:
+                self._prefetch.close()
+                self._prefetch = None
+        return joined
 
     # ---- work -----------------------------------------------------------------------------------------
 
@@ -162,11 +188,11 @@ class Worker:
             reading.free_mb * MB, self.config.vram_floor_mb, yielded=self._short_of_vram is not None
         ):
             if self._short_of_vram is None:
+                engine.release_cache()
                 self._short_of_vram = (
                     f"another program needs the GPU's memory ({reading.free_mb} MB free on {engine.device})"
                 )
                 log.warning("%s; svdaemon steps aside until it is back", self._short_of_vram)
-                engine.release_cache()
             if self._stopping.wait(YIELD_POLL_S) or self._device_request is not None:
                 return
             reading = engine.vram()
@@ -184,77 +210,172 @@ class Worker:
         self._no_device = self._short_of_vram = None
 
     def run_once(self) -> bool:
-        """Claim and run one job; False when none was due."""
-        job = self.queue.claim(self.owner)
-        if job is None:
-            return False
-        self.current = CurrentFile(job.path, 0.0)
+        """Claim what can be prepared ahead, recognise one pool of ready speech, finish the jobs it completes.
+
+        False when there was nothing to do.
+        """
+        if self._prefetch is None:
+            self._prefetch = Prefetcher(self.pipeline.speech_chunks, max_speech_s=2 * POOL_SPEECH_S)
+            self._prefetch.start()
+        claimed = self._claim_ahead()
+        if not self._active:
+            return claimed > 0
+        first = next(iter(self._active.values()))
+        self.current = CurrentFile(first.job.path, first.done_s)
         self.pipeline.engine.ensure_loaded()
         try:
-            self._run(job)
+            pool = self._gather_pool()
+            if pool:
+                self._recognise_pool(pool)
         finally:
             self.current = None
         return True
 
-    def _run(self, job: Job) -> None:
+    def _claim_ahead(self) -> int:
+        """Keep the prefetcher fed: claim up to MAX_AHEAD jobs while it holds less than a pool of speech.
+
+        Returns how many jobs were claimed (some end at once: gone, changed, skipped).
+        """
+        prefetch = self._prefetch
+        claimed = 0
+        while (
+            len(self._active) < MAX_AHEAD and prefetch.held_s < POOL_SPEECH_S and not self._stopping.is_set()
+        ):
+            job = self.queue.claim(self.owner)
+            if job is None:
+                break
+            claimed += 1
+            active = self._admit(job)
+            if active is not None:
+                self._active[job.id] = active
+                prefetch.submit(job)
+        return claimed
+
+    def _admit(self, job: Job) -> _Active | None:
+        """The job with its root's settings if it is to be transcribed; else its outcome is recorded here."""
         try:
             now = Fingerprint.of(job.path)
         except FileNotFoundError:
             log.info("%s: gone before it was transcribed; forgotten", job.path)
             self.queue.forget(job.path)
-            return
+            return None
         except OSError as error:
             self._record(job, DecodeError(f"{job.path}: cannot read ({error.strerror or error})"))
-            return
+            return None
         if now != job.fingerprint:
             log.info("%s: changed since it was queued; waiting for it to settle", job.path)
             self.queue.requeue(job, now, delay_s=self.config.settle_s)
-            return
+            return None
         root = next((r for r in self.config.watch if r.path == job.root), None)
-        formats = (root.formats if root else None) or self.config.formats
-        language = (root.language if root else None) or self.config.language
-        output_dir = root.output_dir if root else None
+        active = _Active(
+            job,
+            formats=(root.formats if root else None) or self.config.formats,
+            language=(root.language if root else None) or self.config.language,
+            output_dir=root.output_dir if root else None,
+            started_s=time.perf_counter(),
+        )
         settings = self.pipeline.sidecar_settings
         if self.config.skip_existing and existing_sidecars_newer_than(
             job.path,
-            formats,
-            language=None if language == "auto" else language,
-            settings=replace(settings, output_dir=output_dir) if output_dir else settings,
+            active.formats,
+            language=None if active.language == "auto" else active.language,
+            settings=replace(settings, output_dir=active.output_dir) if active.output_dir else settings,
             store=self.pipeline.store,
             root=job.root,
         ):
             self.queue.skip(job, "its sidecars exist and are newer")
-            return
+            return None
+        return active
+
+    def _gather_pool(self) -> list[Ready]:
+        """Ready chunks of one spoken language, up to POOL_SPEECH_S: short files from several jobs share
+        batches. Waits for the first; a preparation error is recorded for its job on the way."""
+        pool: list[Ready] = []
+        while not self._stopping.is_set():
+            ready = self._next_ready(PAUSE_POLL_S if not pool else 0)
+            if ready is None:
+                if pool or not self._active:
+                    break
+                continue
+            if ready.error is not None:
+                self._active.pop(ready.job.id, None)
+                self._record(ready.job, ready.error)
+                continue
+            if pool and self._active[ready.job.id].language != self._active[pool[0].job.id].language:
+                self._held = ready
+                break
+            pool.append(ready)
+            if sum(r.chunk.speech_s for r in pool) >= POOL_SPEECH_S:
+                break
+        return pool
+
+    def _next_ready(self, timeout_s: float) -> Ready | None:
+        held, self._held = self._held, None
+        return held or self._prefetch.get(timeout_s)
+
+    def _recognise_pool(self, pool: list[Ready]) -> None:
+        lead = self._active[pool[0].job.id]
+        self.current = CurrentFile(lead.job.path, lead.done_s)
+        pieces = [piece for ready in pool for piece in ready.chunk.pieces]
         try:
-            outcome = self.pipeline.process(
-                job.path,
-                root=job.root,
-                progress=self._progress(job),
-                formats=formats,
-                language=language,
-                output_dir=output_dir,
-            )
+            segments = self.pipeline.engine.recognize(pieces, self._progress(lead, pool[0]), lead.language)
         except _Leaving:
-            log.info("%s: left unfinished at stop; it stays queued", job.path)
-            self.queue.requeue(job)
+            self._abandon_all("left unfinished at stop; it stays queued")
+            return
+        except DeviceLost as error:
+            self.last_error = f"{lead.job.path}: {error}"
+            log.error("%s; the file stays queued", self.last_error)
+            self._abandon_all("back in the queue after the GPU failed")
+            self._after_device_loss(str(error))
+            return
+        except EnvironmentFault as error:
+            for ready in pool:
+                if self._active.pop(ready.job.id, None) is not None:
+                    self._record(ready.job, error)
+            self._abandon_all("back in the queue after an environment fault")
+            return
+        start = 0
+        for ready in pool:
+            active = self._active[ready.job.id]
+            count = len(ready.chunk.pieces)
+            active.segments.extend(segments[start : start + count])
+            start += count
+            active.done_s = ready.chunk.to_s
+            if ready.chunk.last:
+                self._complete(self._active.pop(ready.job.id), ready.chunk.to_s)
+
+    def _complete(self, active: _Active, duration_s: float) -> None:
+        job = active.job
+        transcript = self.pipeline.transcript(job.path, active.segments, duration_s)
+        try:
+            self.pipeline.write(transcript, job.fingerprint, job.root, active.formats, active.output_dir)
         except SourceChanged as error:
             log.info("%s", error)
-            self.queue.requeue(job, Fingerprint.of(job.path), delay_s=self.config.settle_s)
-        except DeviceLost as error:
-            self.last_error = f"{job.path}: {error}"
-            log.error("%s; the file stays queued", self.last_error)
-            self.queue.requeue(job)
-            self._after_device_loss(str(error))
-        except (DecodeError, SidecarError, EnvironmentFault) as error:
+            try:
+                self.queue.requeue(job, Fingerprint.of(job.path), delay_s=self.config.settle_s)
+            except FileNotFoundError:
+                self.queue.forget(job.path)
+        except (SidecarError, EnvironmentFault) as error:
             self._record(job, error)
         else:
             self.queue.finish(job)
+            wall_s = time.perf_counter() - active.started_s
             log.info(
                 "%s: done (%.1f s of audio, %.1f× realtime)",
                 job.path,
-                outcome.transcript.duration_s,
-                outcome.realtime_factor,
+                transcript.duration_s,
+                transcript.duration_s / wall_s if wall_s > 0 else 0.0,
             )
+
+    def _abandon_all(self, why: str) -> None:
+        """Every claimed job back to the queue without an attempt; nothing prepared is kept."""
+        if self._prefetch is not None:
+            self._prefetch.cancel()
+        self._held = None
+        for active in self._active.values():
+            log.info("%s: %s", active.job.path, why)
+            self.queue.requeue(active.job)
+        self._active.clear()
 
     def _after_device_loss(self, cause: str) -> None:
         """Go on on the next GPU, or the CPU when `fallback_to_cpu`; else stand aside with the cause shown."""
@@ -269,9 +390,12 @@ class Worker:
             )
             log.error("%s", self._no_device)
 
-    def _progress(self, job: Job):
-        def report(done_s: float) -> None:
-            self.current = CurrentFile(job.path, done_s)
+    def _progress(self, lead: _Active, first: Ready):
+        """After each batch: show the lead file's progress, then switch device, step aside, pause or stop."""
+        span = first.chunk.to_s - first.chunk.from_s
+
+        def report(fraction: float) -> None:
+            self.current = CurrentFile(lead.job.path, first.chunk.from_s + fraction * span)
             self._between_batches()
             while self.paused and not self._stopping.is_set():
                 self._stopping.wait(PAUSE_POLL_S)

@@ -404,6 +404,15 @@ def enqueue(queue: JobQueue, path: Path) -> None:
     queue.enqueue(path, Fingerprint.of(path), root=path.parent)
 
 
+@pytest.fixture
+def workers() -> Iterator[list[Worker]]:
+    """The workers a test makes; each is stopped after it, so its prefetch thread is joined."""
+    made: list[Worker] = []
+    yield made
+    for worker in made:
+        worker.stop()
+
+
 def leftovers(source: Path) -> list[str]:
     """Anything beside the source: sidecars, or temp files a failed write left."""
     return sorted(name for name in os.listdir(source.parent) if name != source.name)
@@ -418,21 +427,22 @@ class ReplacesTheFileAtFirstProgress(Worker):
         self.new_samples = new_samples
         self.replaced: list[Path] = []
 
-    def _progress(self, job):
-        report = super()._progress(job)
+    def _progress(self, lead, first):
+        report = super()._progress(lead, first)
+        job = lead.job
 
-        def replace_then_report(done_s: float) -> None:
+        def replace_then_report(fraction: float) -> None:
             if job.path not in self.replaced:
                 staged = write_audio(job.path.parent.parent / "replacement.wav", self.new_samples, 16000)
                 os.replace(staged, job.path)
                 self.replaced.append(job.path)
-            report(done_s)
+            report(fraction)
 
         return replace_then_report
 
 
 def test_a_file_replaced_while_transcribed_gets_sidecars_only_of_its_new_content(
-    pipeline, queue, speech, recordings
+    pipeline, queue, speech, recordings, workers
 ):
     source = write_audio(recordings / "draft.wav", speech, 16000)
     longer = np.concatenate([speech, speech])
@@ -440,6 +450,7 @@ def test_a_file_replaced_while_transcribed_gets_sidecars_only_of_its_new_content
     worker = ReplacesTheFileAtFirstProgress(
         queue, pipeline, pipeline.config, current_owner(), idle_wait_s=0.05, new_samples=longer
     )
+    workers.append(worker)
     assert worker.run_once() and worker.replaced == [source]
     job = queue.get(source)
     assert job.state is JobState.QUEUED and job.attempts == 0 and job.fingerprint == Fingerprint.of(source)
@@ -470,22 +481,23 @@ class FullDiskTry:
 
 
 def try_on_a_full_disk(
-    pipeline: Pipeline, queue: JobQueue, source: Path, monkeypatch: pytest.MonkeyPatch
+    pipeline: Pipeline, queue: JobQueue, source: Path, monkeypatch: pytest.MonkeyPatch, workers: list[Worker]
 ) -> FullDiskTry:
     """Run the job of `source` once while the disk is (simulated) full; the disk stays full afterwards."""
     enqueue(queue, source)
     config: Config = dataclasses.replace(pipeline.config, max_attempts=1)
     worker = Worker(queue, pipeline, config, current_owner(), idle_wait_s=0.05)
+    workers.append(worker)
     monkeypatch.setattr(os, "fsync", fsync_on_a_full_disk(os.fsync))
     assert worker.run_once()
     return FullDiskTry(source, worker, queue.get(source))
 
 
 def test_a_full_disk_keeps_the_job_queued_with_back_off_and_no_attempt_counted(
-    pipeline, queue, speech, recordings, monkeypatch
+    pipeline, queue, speech, recordings, monkeypatch, workers
 ):
     tried = try_on_a_full_disk(
-        pipeline, queue, write_audio(recordings / "standup.wav", speech, 16000), monkeypatch
+        pipeline, queue, write_audio(recordings / "standup.wav", speech, 16000), monkeypatch, workers
     )
     job = tried.job
     assert job.state is JobState.QUEUED and job.error_kind is ErrorKind.ENVIRONMENT
@@ -497,8 +509,10 @@ def test_a_full_disk_keeps_the_job_queued_with_back_off_and_no_attempt_counted(
     assert not tried.worker.run_once(), "retried before its back-off"
 
 
-def test_the_error_for_a_full_disk_names_the_recording(pipeline, queue, speech, recordings, monkeypatch):
+def test_the_error_for_a_full_disk_names_the_recording(
+    pipeline, queue, speech, recordings, monkeypatch, workers
+):
     tried = try_on_a_full_disk(
-        pipeline, queue, write_audio(recordings / "retro.wav", speech, 16000), monkeypatch
+        pipeline, queue, write_audio(recordings / "retro.wav", speech, 16000), monkeypatch, workers
     )
     assert str(tried.source) in tried.job.last_error

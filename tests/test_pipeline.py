@@ -107,6 +107,5 @@ def test_progress_moves_forward_as_speech_is_recognised(pipeline, tmp_path, monk
     transcript = pipeline.transcribe_file(source, progress=seen.append)
     assert len(seen) >= 3
     assert seen == sorted(seen)
-    assert seen[0] == 0.0  # the first decoded block, before any speech is recognised: a place to stop
-    assert any(0 < done < transcript.duration_s for done in seen)
+    assert 0 < seen[0] < transcript.duration_s
     assert seen[-1] == pytest.approx(transcript.duration_s, abs=1e-3)

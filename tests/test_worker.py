@@ -53,21 +53,31 @@ def queue(tmp_path: Path):
         yield opened
 
 
-def worker_for(queue: JobQueue, pipeline: Pipeline, **changes: object) -> Worker:
-    config: Config = dataclasses.replace(pipeline.config, **changes)
-    return Worker(queue, pipeline, config, current_owner(), idle_wait_s=0.05)
+@pytest.fixture
+def worker_for(queue: JobQueue, pipeline: Pipeline):
+    """Makes workers over this test's queue with config changes; each is stopped (its threads joined) after."""
+    made: list[Worker] = []
+
+    def make(**changes: object) -> Worker:
+        config: Config = dataclasses.replace(pipeline.config, **changes)
+        made.append(Worker(queue, pipeline, config, current_owner(), idle_wait_s=0.05))
+        return made[-1]
+
+    yield make
+    for worker in made:
+        worker.stop()
 
 
 def enqueue(queue: JobQueue, path: Path) -> None:
     queue.enqueue(path, Fingerprint.of(path), root=path.parent)
 
 
-def test_jobs_end_done_or_failed_with_the_cause(queue, pipeline, speech, tmp_path):
+def test_jobs_end_done_or_failed_with_the_cause(queue, pipeline, speech, tmp_path, worker_for):
     good = write_audio(tmp_path / "good.wav", speech, 16000)
     bad = write_random_bytes(tmp_path / "bad.mp3")
     for path in (good, bad):
         enqueue(queue, path)
-    worker = worker_for(queue, pipeline, skip_existing=False)
+    worker = worker_for(skip_existing=False)
     assert worker.run_once() and worker.run_once()
     assert queue.get(good).state is JobState.DONE
     assert (tmp_path / "good.srt").exists() and (tmp_path / "good.txt").exists()
@@ -77,26 +87,28 @@ def test_jobs_end_done_or_failed_with_the_cause(queue, pipeline, speech, tmp_pat
     assert not worker.run_once()  # the bad file waits out its back-off
 
 
-def test_a_file_deleted_while_queued_is_forgotten(queue, pipeline, speech, tmp_path):
+def test_a_file_deleted_while_queued_is_forgotten(queue, pipeline, speech, tmp_path, worker_for):
     path = write_audio(tmp_path / "gone.wav", speech, 16000)
     enqueue(queue, path)
     path.unlink()
-    assert worker_for(queue, pipeline).run_once()
+    assert worker_for().run_once()
     assert queue.get(path) is None
 
 
-def test_a_file_changed_after_queueing_is_requeued_not_transcribed(queue, pipeline, speech, tmp_path):
+def test_a_file_changed_after_queueing_is_requeued_not_transcribed(
+    queue, pipeline, speech, tmp_path, worker_for
+):
     path = write_audio(tmp_path / "moving.wav", speech, 16000)
     enqueue(queue, path)
     write_audio(path, np.concatenate([speech, speech]), 16000)
-    assert worker_for(queue, pipeline).run_once()
+    assert worker_for().run_once()
     job = queue.get(path)
     assert job.state is JobState.QUEUED and job.attempts == 0
     assert job.fingerprint == Fingerprint.of(path)
     assert not (tmp_path / "moving.srt").exists()
 
 
-def test_existing_newer_sidecars_are_skipped(queue, pipeline, speech, tmp_path):
+def test_existing_newer_sidecars_are_skipped(queue, pipeline, speech, tmp_path, worker_for):
     path = write_audio(tmp_path / "old.wav", speech, 16000)
     for ext in (".txt", ".srt"):
         (tmp_path / f"old{ext}").write_text("by hand\n")
@@ -104,7 +116,7 @@ def test_existing_newer_sidecars_are_skipped(queue, pipeline, speech, tmp_path):
     for ext in (".txt", ".srt"):
         os.utime(tmp_path / f"old{ext}", (later, later))
     enqueue(queue, path)
-    assert worker_for(queue, pipeline, skip_existing=True).run_once()
+    assert worker_for(skip_existing=True).run_once()
     assert queue.get(path).state is JobState.SKIPPED
     assert (tmp_path / "old.srt").read_text() == "by hand\n"
 
@@ -112,12 +124,12 @@ def test_existing_newer_sidecars_are_skipped(queue, pipeline, speech, tmp_path):
 class PausedAtFirstBatch(Worker):
     """The real worker, told to pause when its first batch is done, so the test holds it there."""
 
-    def _progress(self, job):
-        report = super()._progress(job)
+    def _progress(self, lead, first):
+        report = super()._progress(lead, first)
 
-        def pause_then_report(done_s: float) -> None:
+        def pause_then_report(fraction: float) -> None:
             self.pause()
-            report(done_s)
+            report(fraction)
 
         return pause_then_report
 
@@ -145,9 +157,9 @@ def test_pause_holds_and_stop_requeues_without_an_attempt(queue, pipeline, speec
     assert not (tmp_path / "long.srt").exists()
 
 
-def test_the_thread_drains_the_queue_and_stops(queue, pipeline, speech, tmp_path):
+def test_the_thread_drains_the_queue_and_stops(queue, pipeline, speech, tmp_path, worker_for):
     paths = [write_audio(tmp_path / f"n{i}.wav", speech, 16000) for i in range(3)]
-    worker = worker_for(queue, pipeline, skip_existing=False)
+    worker = worker_for(skip_existing=False)
     worker.start()
     for path in paths:
         enqueue(queue, path)
@@ -156,23 +168,23 @@ def test_the_thread_drains_the_queue_and_stops(queue, pipeline, speech, tmp_path
     assert worker.stop()
 
 
-def test_a_file_that_fails_for_good_gets_an_error_sidecar_when_asked(queue, pipeline, tmp_path):
+def test_a_file_that_fails_for_good_gets_an_error_sidecar_when_asked(queue, pipeline, tmp_path, worker_for):
     bad = write_random_bytes(tmp_path / "noise.wav")
     enqueue(queue, bad)
-    worker = worker_for(queue, pipeline, error_sidecar=True, max_attempts=1)
+    worker = worker_for(error_sidecar=True, max_attempts=1)
     assert worker.run_once()
     assert queue.get(bad).state is JobState.FAILED
     text = (tmp_path / "noise.error.txt").read_text()
     assert "noise.wav" in text and text.endswith("\n")
 
 
-def test_a_watch_root_s_own_formats_and_output_dir_apply(queue, pipeline, speech, tmp_path):
+def test_a_watch_root_s_own_formats_and_output_dir_apply(queue, pipeline, speech, tmp_path, worker_for):
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     path = write_audio(inbox / "memo.wav", speech, 16000)
     enqueue(queue, path)
     root = WatchRoot(path=inbox, formats=("json",), output_dir=tmp_path / "out", language="en")
-    worker = worker_for(queue, pipeline, skip_existing=False, watch=(root,))
+    worker = worker_for(skip_existing=False, watch=(root,))
     assert worker.run_once()
     assert queue.get(path).state is JobState.DONE
     assert (tmp_path / "out" / "memo.json").exists()
@@ -213,12 +225,12 @@ def card(pipeline, monkeypatch):
 
 
 def test_the_worker_steps_aside_while_another_program_needs_the_memory(
-    queue, pipeline, speech, tmp_path, card
+    queue, pipeline, speech, tmp_path, card, worker_for
 ):
     simulated = card([300] * 20 + [1100] * 10 + [4000])  # a game starts, hovers at the floor, then quits
     path = write_audio(tmp_path / "during-a-game.wav", speech, 16000)
     enqueue(queue, path)
-    worker = worker_for(queue, pipeline, skip_existing=False, vram_floor_mb=1024)
+    worker = worker_for(skip_existing=False, vram_floor_mb=1024)
     worker.start()
     assert wait_for(lambda: worker.pause_reason is not None, 10)
     assert "another program needs the GPU's memory (300 MB free" in worker.pause_reason
@@ -250,7 +262,7 @@ def test_a_drained_queue_gives_the_cache_back_and_idling_unloads(queue, pipeline
 
 
 def test_a_failed_gpu_requeues_the_file_and_waits_for_a_device(
-    queue, pipeline, speech, tmp_path, monkeypatch
+    queue, pipeline, speech, tmp_path, monkeypatch, worker_for
 ):
     def gpu_fault(waves, language=None):
         raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered (simulated)")
@@ -259,7 +271,7 @@ def test_a_failed_gpu_requeues_the_file_and_waits_for_a_device(
     enqueue(queue, path)
     monkeypatch.setattr(pipeline.engine, "recognize_raw", gpu_fault)
     monkeypatch.setattr("svdaemon.worker.gpu_free_memory", lambda: [])  # the only GPU is gone
-    worker = worker_for(queue, pipeline, skip_existing=False, fallback_to_cpu=False)
+    worker = worker_for(skip_existing=False, fallback_to_cpu=False)
     assert worker.run_once()
     job = queue.get(path)
     assert job.state is JobState.QUEUED and job.attempts == 0
@@ -273,3 +285,35 @@ def test_a_failed_gpu_requeues_the_file_and_waits_for_a_device(
     assert wait_for(lambda: queue.get(path).state is JobState.DONE, 60)
     assert worker.pause_reason is None
     assert worker.stop()
+
+
+def test_files_prepared_while_the_engine_works_share_its_next_call_and_get_the_same_sidecars(
+    queue, pipeline, speech, tmp_path, worker_for, monkeypatch
+):
+    contents = [speech, speech[: len(speech) // 2], np.tile(speech, 2)]
+    for folder in ("pooled", "alone"):
+        (tmp_path / folder).mkdir()
+    pooled = [write_audio(tmp_path / "pooled" / f"p{i}.wav", c, 16000) for i, c in enumerate(contents)]
+    alone = [write_audio(tmp_path / "alone" / f"p{i}.wav", c, 16000) for i, c in enumerate(contents)]
+    for path in alone:
+        pipeline.process(path, root=path.parent)
+    real_recognize = pipeline.engine.recognize
+    calls: list[int] = []
+
+    def busy_first_call(pieces, progress=None, language=None):
+        """The real engine; its first call is held for a moment, as a long batch on a busy GPU would be."""
+        calls.append(len(pieces))
+        if len(calls) == 1:
+            time.sleep(1.0)
+        return real_recognize(pieces, progress, language)
+
+    monkeypatch.setattr(pipeline.engine, "recognize", busy_first_call)
+    for path in pooled:
+        enqueue(queue, path)
+    worker = worker_for(skip_existing=False)
+    worker.start()
+    assert wait_for(lambda: all(queue.get(p).state is JobState.DONE for p in pooled), 60)
+    assert len(calls) == 2  # the first file alone, then the other two in one call
+    for mine, reference in zip(pooled, alone, strict=True):
+        for fmt in ("txt", "srt"):
+            assert mine.with_suffix(f".{fmt}").read_text() == reference.with_suffix(f".{fmt}").read_text()
