@@ -7,6 +7,7 @@ single-instance lock, and turns signals into a clean stop (SIGTERM, SIGINT) or a
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import logging.handlers
@@ -51,6 +52,12 @@ def hold_lock(state_dir: Path) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+def decoder_count(cores: int | None = None) -> int:
+    """Decode processes for files prepared at once: one per four cores, 1 to 4 (the rest feed VAD and torch)."""
+    cores = cores or len(os.sched_getaffinity(0))
+    return max(1, min(4, cores // 4))
 
 
 def log_to_file(state_dir: Path) -> None:
@@ -101,12 +108,13 @@ class Daemon:
             recovered = self.queue.recover()
             if recovered:
                 log.info("%d job(s) left running by a stopped daemon are queued again", recovered)
-            with (
-                ControlServer(self.config.state_dir, self.snapshot, self.handle),
-                DecoderProcess(block_s=BLOCK_S) as decoder,
-            ):
-                pipeline = Pipeline.load(self.config, decoder=decoder)
-                self.worker = Worker(self.queue, pipeline, self.config, current_owner())
+            with contextlib.ExitStack() as stack:
+                stack.enter_context(ControlServer(self.config.state_dir, self.snapshot, self.handle))
+                decoders = [
+                    stack.enter_context(DecoderProcess(block_s=BLOCK_S)) for _ in range(decoder_count())
+                ]
+                pipeline = Pipeline.load(self.config, decoder=decoders[0])
+                self.worker = Worker(self.queue, pipeline, self.config, current_owner(), decoders=decoders)
                 self.watcher = self._watcher(self.config)
                 self.worker.start()
                 self.watcher.start()

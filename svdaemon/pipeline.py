@@ -135,18 +135,20 @@ class Pipeline:
         return cls(config, engine, vad_model, decoder)
 
     def speech_chunks(
-        self, source: Path, checkpoint: Callable[[], None] | None = None
+        self, source: Path, checkpoint: Callable[[], None] | None = None, decoder: Decoder | None = None
     ) -> Iterator[SpeechChunk]:
         """The file's speech in chunks of about FLUSH_SPEECH_S, each closing a span of the audio.
 
-        Decoding and VAD only, so that it can run ahead of the engine; `checkpoint` is called after every
-        decoded block (a place to stop). DecodeError when the file holds no decodable audio.
+        Decoding and VAD only, so that it can run ahead of the engine (`decoder`: one of several, for files
+        prepared at once); `checkpoint` is called after every decoded block (a place to stop).
+        DecodeError when the file holds no decodable audio.
         """
+        decoder = decoder or self.decoder
         segmenter = SpeechSegmenter(self.vad_model, self.config.vad)
         pending = []
         decoded = 0
         closed_s = 0.0
-        for block in self.decoder.blocks(source, self.config.audio_language):
+        for block in decoder.blocks(source, self.config.audio_language):
             decoded += len(block)
             pending.extend(segmenter.push(block))
             if sum(len(piece.samples) for piece in pending) >= FLUSH_SPEECH_S * audio.SAMPLE_RATE:

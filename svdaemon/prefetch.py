@@ -1,8 +1,10 @@
-"""Decoding and VAD of the next files, run ahead of the engine in a background thread, in bounded memory.
+"""Decoding and VAD of the next files, run ahead of the engine on background threads, in bounded memory.
 
 While the engine works on one pool of speech, the next files are already being decoded and segmented,
-so the GPU does not wait for PyAV and silero between files. What is prepared is held to `max_speech_s`
-of speech (a file's chunk is about `pipeline.FLUSH_SPEECH_S`); past that the thread waits for the engine.
+so the GPU does not wait for PyAV and silero between files. One core decodes MP3 at only a few hundred
+times realtime, so several files are prepared at once, one per decoder (each a process of its own).
+What is prepared is held to `max_speech_s` of speech (a file's chunk is about `pipeline.FLUSH_SPEECH_S`);
+past that the threads wait for the engine.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from pathlib import Path
 
 from svdaemon.errors import DecodeError, SvdaemonError
 from svdaemon.jobs import Job
-from svdaemon.pipeline import SpeechChunk
+from svdaemon.pipeline import Decoder, SpeechChunk
 
 log = logging.getLogger(__name__)
 
-ChunkSource = Callable[[Path, Callable[[], None]], Iterator[SpeechChunk]]
+# (path, checkpoint, decoder) → the file's chunks; `pipeline.Pipeline.speech_chunks`
+ChunkSource = Callable[[Path, Callable[[], None], Decoder], Iterator[SpeechChunk]]
 
 
 @dataclass(frozen=True)
@@ -37,10 +40,12 @@ class _Cancelled(Exception):
 
 
 class Prefetcher:
-    """Prepares submitted jobs in order on one thread; `get` hands their chunks on in that order."""
+    """Prepares submitted jobs in submission order, one thread per decoder; `get` hands chunks on as they
+    are ready. A job's own chunks always come in order; with several decoders, jobs interleave."""
 
-    def __init__(self, chunks: ChunkSource, max_speech_s: float = 1200.0) -> None:
+    def __init__(self, chunks: ChunkSource, decoders: list[Decoder], max_speech_s: float = 1200.0) -> None:
         self._chunks = chunks
+        self._decoders = decoders
         self._max_speech_s = max_speech_s
         self._condition = threading.Condition()
         self._todo: deque[Job] = deque()
@@ -48,20 +53,24 @@ class Prefetcher:
         self._held_s = 0.0
         self._generation = 0  # bumped by `cancel`: work of an older generation is dropped
         self._closing = False
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="svdaemon-prefetch", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._run, args=(decoder,), name=f"svdaemon-prefetch-{n}", daemon=True)
+            for n, decoder in enumerate(self._decoders)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def close(self) -> None:
         with self._condition:
             self._closing = True
             self._generation += 1
             self._condition.notify_all()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        for thread in self._threads:
+            thread.join()
+        self._threads = []
 
     @property
     def waiting(self) -> int:
@@ -104,22 +113,22 @@ class Prefetcher:
 
     # ---- the thread -----------------------------------------------------------------------------------
 
-    def _run(self) -> None:
+    def _run(self, decoder: Decoder) -> None:
         while True:
             with self._condition:
                 self._condition.wait_for(lambda: self._closing or bool(self._todo))
                 if self._closing:
                     return
                 job, generation = self._todo.popleft(), self._generation
-            self._prepare(job, generation)
+            self._prepare(job, generation, decoder)
 
-    def _prepare(self, job: Job, generation: int) -> None:
+    def _prepare(self, job: Job, generation: int, decoder: Decoder) -> None:
         def checkpoint() -> None:
             if self._generation != generation:
                 raise _Cancelled
 
         try:
-            for chunk in self._chunks(job.path, checkpoint):
+            for chunk in self._chunks(job.path, checkpoint, decoder):
                 if not self._hand_on(Ready(job, chunk), generation):
                     return
         except _Cancelled:

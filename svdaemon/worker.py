@@ -31,7 +31,7 @@ from svdaemon.errors import (
 from svdaemon.fingerprint import Fingerprint
 from svdaemon.jobs import ErrorKind, Job, JobQueue, JobState
 from svdaemon.memory import MB, should_yield
-from svdaemon.pipeline import Pipeline
+from svdaemon.pipeline import Decoder, Pipeline
 from svdaemon.prefetch import Prefetcher, Ready
 from svdaemon.sidecars import ERROR_SIDECAR, existing_sidecars_newer_than, write_sidecars
 from svdaemon.transcript import Segment
@@ -80,9 +80,11 @@ class Worker:
         owner: str,
         idle_wait_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        decoders: list[Decoder] | None = None,
     ) -> None:
         self.queue = queue
         self.pipeline = pipeline
+        self.decoders = decoders or [pipeline.decoder]  # files prepared at once: one per decoder
         self.config = config
         self.owner = owner
         self.idle_wait_s = idle_wait_s
@@ -215,7 +217,9 @@ class Worker:
         False when there was nothing to do.
         """
         if self._prefetch is None:
-            self._prefetch = Prefetcher(self.pipeline.speech_chunks, max_speech_s=2 * POOL_SPEECH_S)
+            self._prefetch = Prefetcher(
+                self.pipeline.speech_chunks, self.decoders, max_speech_s=2 * POOL_SPEECH_S
+            )
             self._prefetch.start()
         claimed = self._claim_ahead()
         if not self._active:

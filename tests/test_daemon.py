@@ -97,3 +97,9 @@ def test_an_unknown_config_key_exits_2_naming_it(tmp_path):
     config.write_text(f"state_dir: {tmp_path}\nwatch_folders: []\n")
     done = svdaemon("run", "--config", str(config), timeout=60)
     assert done.returncode == 2 and "watch_folders" in done.stderr
+
+
+def test_files_are_decoded_in_parallel_on_machines_with_cores_to_spare():
+    from svdaemon.daemon import decoder_count
+
+    assert [decoder_count(cores) for cores in (1, 2, 4, 8, 16, 64)] == [1, 1, 1, 2, 4, 4]

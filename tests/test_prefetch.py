@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from svdaemon.errors import DecodeError
 from svdaemon.fingerprint import Fingerprint
 from svdaemon.jobs import JobQueue
 from svdaemon.owner import current_owner
-from svdaemon.pipeline import Pipeline
+from svdaemon.pipeline import InProcessDecoder, Pipeline
 from svdaemon.prefetch import Prefetcher
 from svdaemon.synthetic_speech import build_track
 
@@ -50,7 +51,7 @@ def test_chunks_come_in_submission_order_and_errors_in_their_place(pipeline, spe
         write_random_bytes(tmp_path / "broken.mp3"),
         write_audio(tmp_path / "c.flac", np.tile(speech, 2), 16000),
     ]
-    prefetcher = Prefetcher(pipeline.speech_chunks)
+    prefetcher = Prefetcher(pipeline.speech_chunks, [pipeline.decoder])
     prefetcher.start()
     try:
         for job in claimed(tmp_path, paths):
@@ -74,7 +75,7 @@ def test_prepared_speech_is_bounded_and_the_thread_waits_for_the_engine(
     monkeypatch.setattr("svdaemon.vad.MAX_ROWS", 2)  # VAD closes spans as the blocks come, not at the end
     pauses = np.tile(np.concatenate([speech, np.zeros(24000, dtype=np.float32)]), 3)  # 3 spans per file
     paths = [write_audio(tmp_path / f"f{i}.wav", pauses, 16000) for i in range(4)]
-    prefetcher = Prefetcher(pipeline.speech_chunks, max_speech_s=2.0)
+    prefetcher = Prefetcher(pipeline.speech_chunks, [pipeline.decoder], max_speech_s=2.0)
     prefetcher.start()
     try:
         for job in claimed(tmp_path, paths):
@@ -95,7 +96,7 @@ def test_cancel_abandons_the_file_in_preparation_and_drops_the_rest(pipeline, sp
     monkeypatch.setattr("svdaemon.pipeline.BLOCK_S", 0.5)
     long_path = write_audio(tmp_path / "long.wav", np.tile(speech, 40), 16000)
     short_path = write_audio(tmp_path / "short.wav", speech, 16000)
-    prefetcher = Prefetcher(pipeline.speech_chunks)
+    prefetcher = Prefetcher(pipeline.speech_chunks, [pipeline.decoder])
     prefetcher.start()
     try:
         for job in claimed(tmp_path, [long_path, short_path]):
@@ -107,3 +108,26 @@ def test_cancel_abandons_the_file_in_preparation_and_drops_the_rest(pipeline, sp
         assert prefetcher.get(30).job.path == short_path  # still serving after a cancel
     finally:
         prefetcher.close()
+
+
+def test_with_several_decoders_files_are_prepared_at_once_each_in_its_own_order(
+    pipeline, speech, tmp_path, monkeypatch
+):
+    monkeypatch.setattr("svdaemon.pipeline.FLUSH_SPEECH_S", 1.0)
+    monkeypatch.setattr("svdaemon.vad.MAX_ROWS", 2)
+    pauses = np.tile(np.concatenate([speech, np.zeros(24000, dtype=np.float32)]), 4)
+    paths = [write_audio(tmp_path / f"m{i}.mp3", pauses, 16000) for i in range(4)]
+    prefetcher = Prefetcher(pipeline.speech_chunks, [InProcessDecoder(), InProcessDecoder()])
+    prefetcher.start()
+    try:
+        for job in claimed(tmp_path, paths):
+            prefetcher.submit(job)
+        got = []
+        while sum(1 for ready in got if ready.chunk.last) < len(paths):
+            got.append(prefetcher.get(30))
+    finally:
+        prefetcher.close()
+    for path in paths:
+        spans = [(r.chunk.from_s, r.chunk.to_s) for r in got if r.job.path == path]
+        assert spans[0][0] == 0.0 and all(a[1] == b[0] for a, b in pairwise(spans))  # in order, no gap
+    assert {r.job.path for r in got} == set(paths)
