@@ -49,6 +49,22 @@ class _Leaving(Exception):
 
 
 @dataclass
+class EngineUsage:
+    """How much of the time the worker had files in hand the engine was running: the rest is the GPU idling
+    while decode, VAD or sidecar writes kept it waiting."""
+
+    working_s: float = 0.0
+    engine_s: float = 0.0
+
+    @property
+    def busy_share(self) -> float:
+        return self.engine_s / self.working_s if self.working_s > 0 else 0.0
+
+    def describe(self) -> str:
+        return f"the engine ran {self.busy_share:.0%} of {self.working_s:.1f} s with files in hand"
+
+
+@dataclass
 class _Active:
     """A claimed job on its way: its root's settings and the segments recognised so far."""
 
@@ -103,6 +119,7 @@ class Worker:
         self._prefetch: Prefetcher | None = None
         self._active: dict[int, _Active] = {}  # claimed jobs by id, in claim order
         self._held: Ready | None = None  # a ready chunk kept for the next pool (another language)
+        self.usage = EngineUsage()
 
     # ---- control --------------------------------------------------------------------------------------
 
@@ -176,6 +193,8 @@ class Worker:
         if self._idle_since is None:
             self._idle_since = now
             engine.release_cache()
+            if self.usage.working_s > 0:
+                log.info("queue drained; %s", self.usage.describe())
         elif now - self._idle_since >= self.config.idle_unload_s:
             engine.unload()
 
@@ -227,12 +246,16 @@ class Worker:
         first = next(iter(self._active.values()))
         self.current = CurrentFile(first.job.path, first.done_s)
         self.pipeline.engine.ensure_loaded()
+        started = time.perf_counter()
         try:
             pool = self._gather_pool()
             if pool:
+                engine_started = time.perf_counter()
                 self._recognise_pool(pool)
+                self.usage.engine_s += time.perf_counter() - engine_started
         finally:
             self.current = None
+            self.usage.working_s += time.perf_counter() - started
         return True
 
     def _claim_ahead(self) -> int:

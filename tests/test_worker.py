@@ -314,6 +314,7 @@ def test_files_prepared_while_the_engine_works_share_its_next_call_and_get_the_s
     worker.start()
     assert wait_for(lambda: all(queue.get(p).state is JobState.DONE for p in pooled), 60)
     assert len(calls) == 2  # the first file alone, then the other two in one call
+    assert 0 < worker.usage.engine_s <= worker.usage.working_s  # the GPU-idle measure: here, held 1 s
     for mine, reference in zip(pooled, alone, strict=True):
         for fmt in ("txt", "srt"):
             assert mine.with_suffix(f".{fmt}").read_text() == reference.with_suffix(f".{fmt}").read_text()
