@@ -43,6 +43,7 @@ class SpeechChunk:
     from_s: float
     to_s: float
     last: bool
+    duration_s: float  # the file's length as probed (its headers' word until the last chunk says otherwise)
 
     @property
     def speech_s(self) -> float:
@@ -66,7 +67,9 @@ class Decoder(Protocol):
 
     def probe(self, path: Path, audio_language: str | None = None) -> audio.AudioInfo: ...
 
-    def blocks(self, path: Path, audio_language: str | None = None) -> Iterator[np.ndarray]: ...
+    def blocks(
+        self, path: Path, audio_language: str | None = None, duration_s: float | None = None
+    ) -> Iterator[np.ndarray]: ...
 
 
 class InProcessDecoder:
@@ -75,7 +78,9 @@ class InProcessDecoder:
     def probe(self, path: Path, audio_language: str | None = None) -> audio.AudioInfo:
         return audio.probe(path, audio_language)
 
-    def blocks(self, path: Path, audio_language: str | None = None) -> Iterator[np.ndarray]:
+    def blocks(
+        self, path: Path, audio_language: str | None = None, duration_s: float | None = None
+    ) -> Iterator[np.ndarray]:
         return audio.decode_blocks(path, block_s=BLOCK_S, audio_language=audio_language)
 
 
@@ -144,23 +149,25 @@ class Pipeline:
         DecodeError when the file holds no decodable audio.
         """
         decoder = decoder or self.decoder
+        stated_s = decoder.probe(source, self.config.audio_language).duration_s
         segmenter = SpeechSegmenter(self.vad_model, self.config.vad)
         pending = []
         decoded = 0
         closed_s = 0.0
-        for block in decoder.blocks(source, self.config.audio_language):
+        for block in decoder.blocks(source, self.config.audio_language, stated_s):
             decoded += len(block)
             pending.extend(segmenter.push(block))
             if sum(len(piece.samples) for piece in pending) >= FLUSH_SPEECH_S * audio.SAMPLE_RATE:
                 decoded_s = decoded / audio.SAMPLE_RATE
-                yield SpeechChunk(tuple(pending), closed_s, decoded_s, last=False)
+                yield SpeechChunk(tuple(pending), closed_s, decoded_s, last=False, duration_s=stated_s)
                 pending, closed_s = [], decoded_s
             if checkpoint:
                 checkpoint()
         if decoded == 0:
             raise DecodeError(f"{source}: no audio decoded (zero duration)")
         pending.extend(segmenter.finish())
-        yield SpeechChunk(tuple(pending), closed_s, decoded / audio.SAMPLE_RATE, last=True)
+        duration_s = decoded / audio.SAMPLE_RATE
+        yield SpeechChunk(tuple(pending), closed_s, duration_s, last=True, duration_s=duration_s)
 
     def transcribe_file(
         self, source: Path, progress: Progress | None = None, language: str | None = None
@@ -217,7 +224,6 @@ class Pipeline:
         `formats`, `language` and `output_dir` override the configuration for this file (a watch root's).
         """
         started = time.perf_counter()
-        self.decoder.probe(source, self.config.audio_language)  # bad files fail before any model work
         before = Fingerprint.of(source)
         transcript = self.transcribe_file(source, progress, language)
         written = self.write(transcript, before, root, formats, output_dir)

@@ -79,10 +79,15 @@ class _Active:
 
 @dataclass(frozen=True)
 class CurrentFile:
-    """The file being transcribed and how far, for the status snapshot."""
+    """The file being transcribed and how far, for the status snapshot; its length once probed."""
 
     path: Path
     done_s: float
+    duration_s: float | None = None
+
+    @property
+    def progress(self) -> float | None:
+        return min(self.done_s / self.duration_s, 1.0) if self.duration_s else None
 
 
 class Worker:
@@ -342,7 +347,7 @@ class Worker:
 
     def _recognise_pool(self, pool: list[Ready]) -> None:
         lead = self._active[pool[0].job.id]
-        self.current = CurrentFile(lead.job.path, lead.done_s)
+        self.current = CurrentFile(lead.job.path, lead.done_s, pool[0].chunk.duration_s)
         pieces = [piece for ready in pool for piece in ready.chunk.pieces]
         try:
             segments = self.pipeline.engine.recognize(pieces, self._progress(lead, pool[0]), lead.language)
@@ -422,7 +427,9 @@ class Worker:
         span = first.chunk.to_s - first.chunk.from_s
 
         def report(fraction: float) -> None:
-            self.current = CurrentFile(lead.job.path, first.chunk.from_s + fraction * span)
+            self.current = CurrentFile(
+                lead.job.path, first.chunk.from_s + fraction * span, first.chunk.duration_s
+            )
             self._between_batches()
             while self.paused and not self._stopping.is_set():
                 self._stopping.wait(PAUSE_POLL_S)

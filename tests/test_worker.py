@@ -149,6 +149,7 @@ def test_pause_holds_and_stop_requeues_without_an_attempt(queue, pipeline, speec
     worker.resume()
     assert wait_for(lambda: worker.current is not None and worker.paused, 60)
     held_at = worker.current
+    assert held_at.duration_s == pytest.approx(6 * len(speech) / 16000, abs=0.01) and 0 < held_at.progress < 1
     time.sleep(0.3)
     assert worker.current == held_at and queue.get(long_file).state is JobState.RUNNING
     assert worker.stop(timeout_s=10)
