@@ -45,6 +45,21 @@ def broken_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFact
 
 
 @pytest.fixture(scope="session")
+def make_tiny_pipeline(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """Loads the real pipeline on the tiny model (CPU, one thread, its own state folder, no watch roots)
+    with the given settings on top."""
+    from svdaemon.config import load_config
+    from svdaemon.pipeline import Pipeline
+
+    def make(**settings: object) -> Pipeline:
+        base = {"model": str(tiny_model_dir), "device": "cpu", "watch": []}
+        state = {"state_dir": str(tmp_path_factory.mktemp("pipeline-state"))}
+        return Pipeline.load(load_config(None, {**base, **state, **settings}), threads=1)
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def cpu_engine(tiny_model_dir: Path) -> SenseVoiceEngine:
     return SenseVoiceEngine(
         EngineSettings(

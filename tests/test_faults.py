@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from svdaemon.config import Config, load_config
+from svdaemon.config import Config
 from svdaemon.control import Command, ControlError, DaemonNotRunning, DaemonState, StatusSnapshot, request
 from svdaemon.fingerprint import Fingerprint
 from svdaemon.jobs import ErrorKind, Job, JobQueue, JobState, backoff_s
@@ -371,20 +371,8 @@ def test_an_eight_channel_recording_is_transcribed(scene, speech):
 
 
 @pytest.fixture(scope="module")
-def pipeline(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
-    config = load_config(
-        None,
-        {
-            "model": str(tiny_model_dir),
-            "device": "cpu",
-            "state_dir": str(tmp_path_factory.mktemp("worker-state")),
-            "watch": [],
-            "formats": list(FORMATS),
-            "settle_s": SETTLE_S,
-            "skip_existing": False,
-        },
-    )
-    return Pipeline.load(config, threads=1)
+def pipeline(make_tiny_pipeline) -> Pipeline:
+    return make_tiny_pipeline(formats=list(FORMATS), settle_s=SETTLE_S, skip_existing=False)
 
 
 @pytest.fixture

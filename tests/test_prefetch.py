@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from svdaemon.config import load_config
 from svdaemon.errors import DecodeError
 from svdaemon.fingerprint import Fingerprint
 from svdaemon.jobs import JobQueue
@@ -25,12 +24,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def pipeline(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
-    state = tmp_path_factory.mktemp("state")
-    config = load_config(
-        None, {"model": str(tiny_model_dir), "device": "cpu", "state_dir": str(state), "watch": []}
-    )
-    return Pipeline.load(config, threads=1)
+def pipeline(make_tiny_pipeline) -> Pipeline:
+    return make_tiny_pipeline()
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from svdaemon.config import Config, WatchRoot, load_config
+from svdaemon.config import Config, WatchRoot
 from svdaemon.engine import VramReading
 from svdaemon.fingerprint import Fingerprint
 from svdaemon.jobs import JobQueue, JobState
@@ -27,19 +27,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def pipeline(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
-    config = load_config(
-        None,
-        {
-            "model": str(tiny_model_dir),
-            "device": "cpu",
-            "state_dir": str(tmp_path_factory.mktemp("state")),
-            "watch": [],
-            "max_attempts": 2,
-            "settle_s": 0.5,
-        },
-    )
-    return Pipeline.load(config, threads=1)
+def pipeline(make_tiny_pipeline) -> Pipeline:
+    return make_tiny_pipeline(max_attempts=2, settle_s=0.5)
 
 
 @pytest.fixture(scope="module")
