@@ -312,11 +312,21 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.set_defaults(handler=cmd_doctor)
 
     bench = commands.add_parser("bench", parents=[common], help="svdaemon against FunASR on the same audio")
-    bench.add_argument("--minutes", type=float, default=10.0, help="minutes of synthetic speech (default 10)")
+    bench.add_argument(
+        "--minutes", type=float, default=10.0, help="minutes of synthetic speech per file (default 10)"
+    )
+    bench.add_argument("--files", type=int, default=1, help="how many files of that length (default 1)")
+    bench.add_argument(
+        "--format", choices=("wav", "mp3"), default="wav", help="the files' format (default wav)"
+    )
     bench.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     bench.add_argument("--json", type=Path, help="also write the results as JSON here")
-    bench.add_argument("--rows", help="comma list of rows to run (default: all)")
-    bench.add_argument("--work-dir", type=Path, help="where the random full-size model and audio are kept")
+    bench.add_argument(
+        "--rows",
+        help="comma list of rows to run (default: all): funasr-whole, funasr-windows-loop, "
+        "funasr-windows-batch (each also as ...-ncpu), funasr-fp16, svdaemon, svdaemon-daemon",
+    )
+    bench.add_argument("--work-dir", type=Path, help="where the random model and the audio files are kept")
     bench.set_defaults(handler=cmd_bench)
 
     run = commands.add_parser("run", parents=[common], help="the daemon in the foreground")
