@@ -20,7 +20,7 @@ from pathlib import Path
 from svdaemon import __version__
 from svdaemon.config import Config, load_config
 from svdaemon.control import Command, ControlServer, DaemonState, Reply, StatusSnapshot
-from svdaemon.errors import SvdaemonError
+from svdaemon.errors import StartupError, SvdaemonError
 from svdaemon.fingerprint import Fingerprint
 from svdaemon.jobs import EnqueueResult, JobQueue
 from svdaemon.owner import current_owner
@@ -222,5 +222,11 @@ class Daemon:
         if command.name == "resume":
             worker.resume()
             return Reply(True, "resumed")
-        worker.request_device(command.argument)
-        return Reply(True, f"moving to {command.argument} after the current batch")
+        from svdaemon.engine import resolve_device
+
+        try:
+            target = resolve_device(command.argument)
+        except StartupError as error:
+            return Reply(False, str(error))
+        worker.request_device(target)
+        return Reply(True, f"moving to {target} after the current batch")

@@ -70,6 +70,11 @@ def test_a_dropped_file_gets_its_sidecars_and_sigterm_stops_cleanly(setup, daemo
     status = svdaemon("status", "--config", str(config))
     assert status.returncode == 0 and "1 done" in status.stdout, (status.stdout, latency_s)
 
+    moved = svdaemon("device", "cpu", "--config", str(config))
+    assert moved.returncode == 0 and "moving to cpu after the current batch" in moved.stdout, moved
+    refused = svdaemon("device", "cuda:3", "--config", str(config))
+    assert refused.returncode == 1 and 'device: "cuda:3"' in refused.stdout, refused
+
     second = svdaemon("run", "--config", str(config), timeout=60)
     assert second.returncode == 75 and "another svdaemon" in second.stderr
 
