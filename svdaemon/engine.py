@@ -412,8 +412,7 @@ class SenseVoiceEngine:
             max_frames=settings.batch_max_frames
             or (CPU_BATCH_MAX_FRAMES if device == "cpu" else CUDA_BATCH_MAX_FRAMES)
         )
-        shape = FrontendShape.of(self.frontend)
-        self._batched_features = shape and BatchedFeatures(shape, self.frontend.cmvn, device)
+        self._place_features(device)
         self.precision_check: PrecisionCheck | None = None
         self.notice: str | None = None
         if self.precision != "fp32":
@@ -452,6 +451,7 @@ class SenseVoiceEngine:
         if self.device == "cpu" or not self.loaded:
             return
         self.model.to("cpu")
+        self._batched_features = None  # its mel banks and CMVN live on the card too
         self.loaded = False
         self._release(self.device)
         log.info("SenseVoice unloaded from %s after idling", self.device)
@@ -459,8 +459,13 @@ class SenseVoiceEngine:
     def ensure_loaded(self) -> None:
         if not self.loaded:
             self.model.to(self.device)
+            self._place_features(self.device)
             self.loaded = True
             log.info("SenseVoice loaded again on %s", self.device)
+
+    def _place_features(self, device: str) -> None:
+        shape = FrontendShape.of(self.frontend)
+        self._batched_features = shape and BatchedFeatures(shape, self.frontend.cmvn, device)
 
     @staticmethod
     def _release(device: str) -> None:
@@ -521,7 +526,7 @@ class SenseVoiceEngine:
             self.recognize_raw(waves)
             samples.append(ShapeSample(batch, frames, torch.cuda.max_memory_allocated(device) - base))
         cost = fit_cost_model(samples)
-        torch.cuda.empty_cache()
+        self._release(self.device)
         log.info(
             "%s: weights %.0f MB, %.0f MB for activations; a batch costs %.3g·B·T + %.3g·B·T² bytes (%s)",
             self.device,
@@ -651,10 +656,7 @@ class SenseVoiceEngine:
         return [joined(head, tail, encoder_frames(cut) - QUERY_FRAMES)]
 
     def _after_oom(self, items: int, longest_samples: int) -> None:
-        import torch
-
-        if self.device != "cpu":
-            torch.cuda.empty_cache()
+        self._release(self.device)
         self.batch_limit = self.batch_limit.after_oom()
         log.warning(
             "%s: out of memory on %d piece(s) of up to %.1f s; retrying smaller, batch limit lowered",
