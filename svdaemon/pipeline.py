@@ -245,15 +245,16 @@ class Pipeline:
             changed = True
         if changed:
             raise SourceChanged(f"{source}: changed while it was being transcribed; no sidecars written")
-        settings = (
-            replace(self.sidecar_settings, output_dir=output_dir) if output_dir else self.sidecar_settings
-        )
         written = write_sidecars(
             source,
             self.render(transcript, formats or self.config.formats),
             language=transcript.language,
-            settings=settings,
+            settings=self.sidecar_settings_for(output_dir),
             store=self.store,
             root=root,
         )
         return tuple(written)
+
+    def sidecar_settings_for(self, output_dir: Path | None) -> SidecarSettings:
+        """The configured sidecar settings, with a watch root's own `output_dir` when it has one."""
+        return replace(self.sidecar_settings, output_dir=output_dir) if output_dir else self.sidecar_settings

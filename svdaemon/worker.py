@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from svdaemon.config import Config
@@ -306,12 +306,11 @@ class Worker:
             output_dir=root.output_dir if root else None,
             started_s=time.perf_counter(),
         )
-        settings = self.pipeline.sidecar_settings
         if self.config.skip_existing and existing_sidecars_newer_than(
             job.path,
             active.formats,
             language=None if active.language == "auto" else active.language,
-            settings=replace(settings, output_dir=active.output_dir) if active.output_dir else settings,
+            settings=self.pipeline.sidecar_settings_for(active.output_dir),
             store=self.pipeline.store,
             root=job.root,
         ):
