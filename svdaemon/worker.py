@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from svdaemon.config import Config
+from svdaemon.config import Config, WatchRoot
 from svdaemon.engine import next_device
 from svdaemon.errors import (
     DecodeError,
@@ -298,7 +298,7 @@ class Worker:
             log.info("%s: changed since it was queued; waiting for it to settle", job.path)
             self.queue.requeue(job, now, delay_s=self.config.settle_s)
             return None
-        root = next((r for r in self.config.watch if r.path == job.root), None)
+        root = self._root_of(job)
         active = _Active(
             job,
             formats=(root.formats if root else None) or self.config.formats,
@@ -317,6 +317,10 @@ class Worker:
             self.queue.skip(job, "its sidecars exist and are newer")
             return None
         return active
+
+    def _root_of(self, job: Job) -> WatchRoot | None:
+        """The watch root the job came from, for its own settings; None for a root no longer configured."""
+        return next((root for root in self.config.watch if root.path == job.root), None)
 
     def _gather_pool(self) -> list[Ready]:
         """Ready chunks of one spoken language, up to POOL_SPEECH_S: short files from several jobs share
@@ -450,13 +454,14 @@ class Worker:
             log.warning("%s (%s; will retry)", error, kind.value.replace("_", " "))
 
     def _write_error_sidecar(self, job: Job, message: str) -> None:
-        """`name.error.txt` beside the file, under the same naming and overwrite rules as its sidecars."""
+        """`name.error.txt` beside the file (or in its root's output folder), under its sidecars' rules."""
+        root = self._root_of(job)
         try:
             write_sidecars(
                 job.path,
                 {ERROR_SIDECAR: message + "\n"},
                 language="",
-                settings=self.pipeline.sidecar_settings,
+                settings=self.pipeline.sidecar_settings_for(root.output_dir if root else None),
                 store=self.pipeline.store,
                 root=job.root,
             )

@@ -181,6 +181,19 @@ def test_a_watch_root_s_own_formats_and_output_dir_apply(queue, pipeline, speech
     assert not (inbox / "memo.srt").exists() and not (tmp_path / "out" / "memo.srt").exists()
 
 
+def test_an_error_sidecar_goes_to_the_root_s_output_dir(queue, pipeline, tmp_path, worker_for):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    bad = write_random_bytes(inbox / "noise.wav")
+    enqueue(queue, bad)
+    root = WatchRoot(path=inbox, output_dir=tmp_path / "out")
+    worker = worker_for(error_sidecar=True, max_attempts=1, watch=(root,))
+    assert worker.run_once()
+    assert queue.get(bad).state is JobState.FAILED
+    assert "noise.wav" in (tmp_path / "out" / "noise.error.txt").read_text()
+    assert not (inbox / "noise.error.txt").exists()
+
+
 # ---- the GPU's part, simulated: these readings and errors stand for a GPU that CI does not have ----------
 
 
