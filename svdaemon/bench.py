@@ -23,7 +23,9 @@ Rows:
   daemon's decode process; every file is enqueued at once and the clock runs from the first enqueue until
   the queue shows every job done, i.e. the last sidecars (txt, srt, beside the audio) are written. On CUDA
   it also reports the memory the card still reserves 5 s after the queue drained (the worker gives its
-  cache back then) and after `engine.unload()`.
+  cache back then) and after the worker's idle unload. It reports, on any device, the engine's share of the
+  time the worker had files in hand (the rest is the GPU waiting for decode, VAD or sidecar writes) and the
+  VAD's rows per model call (streams merged). It decodes with as many decode processes as the daemon would.
 
 FunASR rows start from samples in memory: each file is decoded before the clock starts (so their run RSS
 includes all the audio); the svdaemon rows read the files. Each row runs in its own process
@@ -129,7 +131,9 @@ class RowResult:
     parameters: int | None = None
     pieces: int | None = None  # audio pieces the model ran on: the files, the windows or the speech segments
     vram_after_drain_mib: float | None = None  # daemon row on CUDA: reserved 5 s after the queue drained
-    vram_after_unload_mib: float | None = None  # daemon row on CUDA: reserved after engine.unload()
+    vram_after_unload_mib: float | None = None  # daemon row on CUDA: reserved after the worker's idle unload
+    engine_busy_share: float | None = None  # daemon row: the engine's share of the time files were in hand
+    vad_rows_per_call: float | None = None  # daemon row: VAD rows per model call (streams merged into one)
 
     @property
     def realtime(self) -> float | None:
@@ -445,41 +449,50 @@ def _daemon_runner(inputs: BenchInputs) -> Runner:
     """
     import torch
 
+    from svdaemon.daemon import decoder_count
     from svdaemon.decoder import DecoderProcess
     from svdaemon.jobs import JobQueue
     from svdaemon.owner import current_owner
     from svdaemon.pipeline import BLOCK_S, Pipeline
-    from svdaemon.worker import Worker
+    from svdaemon.worker import EngineUsage, Worker
 
     state_dir = Path(tempfile.mkdtemp(prefix=".daemon-state-", dir=inputs.audio[0].parent))
     overrides = {**_engine_overrides(inputs), **DAEMON_OVERRIDES, "state_dir": str(state_dir)}
     config = load_config(inputs.config, overrides)
-    decoder = DecoderProcess(block_s=BLOCK_S)
-    pipeline = Pipeline.load(config, decoder=decoder)
+    decoders = [DecoderProcess(block_s=BLOCK_S) for _ in range(decoder_count())]  # as many as the daemon's
+    pipeline = Pipeline.load(config, decoder=decoders[0])
     queue = JobQueue.open(state_dir)
-    worker = Worker(queue, pipeline, config, current_owner())
+    worker = Worker(queue, pipeline, config, current_owner(), decoders=decoders)
+    vad = pipeline.vad
     crashes = _record_thread_crashes()
     worker.start()
 
     def prepare(paths: tuple[Path, ...]) -> Work:
-        return Work(
-            lambda: run_through_queue(queue, worker, paths, crashes), sum(audio_seconds(p) for p in paths)
-        )
+        def run() -> None:
+            worker.usage = EngineUsage()  # the timed run's own, not the warm-up's
+            vad.calls = vad.rows = 0
+            run_through_queue(queue, worker, paths, crashes)
+
+        return Work(run, sum(audio_seconds(p) for p in paths))
 
     def reserved_mib() -> float:
         return round(torch.cuda.memory_reserved(torch.device(pipeline.engine.device)) / 2**20, 1)
 
     def after(cuda: bool) -> dict[str, float]:
-        readings = {}
+        readings = {
+            "engine_busy_share": round(worker.usage.busy_share, 3),
+            "vad_rows_per_call": round(vad.rows / vad.calls, 1) if vad.calls else None,
+        }
         if cuda:
             time.sleep(DRAIN_RELEASE_S)  # the worker, still running, gives its cache back when drained
             readings["vram_after_drain_mib"] = reserved_mib()
         worker.stop()
         if cuda:
-            pipeline.engine.unload()
+            worker.unload()
             readings["vram_after_unload_mib"] = reserved_mib()
         queue.close()
-        decoder.close()
+        for decoder in decoders:
+            decoder.close()
         shutil.rmtree(state_dir, ignore_errors=True)
         return readings
 
@@ -645,12 +658,18 @@ def format_table(results: list[RowResult], cuda: bool) -> str:
     def number(value: float | None, digits: int) -> str:
         return "-" if value is None else f"{value:.{digits}f}"
 
-    header = ["row", "threads", "x-realtime", "wall s", "peak RSS MiB", "run RSS MiB"]
+    header = ["row", "threads", "x-realtime", "wall s", "peak RSS MiB", "run RSS MiB", "engine busy %"]
     header += ["peak VRAM MiB", "drained VRAM MiB", "unloaded VRAM MiB"] if cuda else []
     lines = [header]
     for r in results:
+        busy = None if r.engine_busy_share is None else 100 * r.engine_busy_share
         cells = [r.name, "-" if r.threads is None else str(r.threads), number(r.realtime, 2)]
-        cells += [number(r.wall_s, 2), number(r.peak_rss_mib, 0), number(r.run_peak_rss_mib, 0)]
+        cells += [
+            number(r.wall_s, 2),
+            number(r.peak_rss_mib, 0),
+            number(r.run_peak_rss_mib, 0),
+            number(busy, 0),
+        ]
         vram = [r.peak_vram_mib, r.vram_after_drain_mib, r.vram_after_unload_mib]
         lines.append(cells + ([number(value, 0) for value in vram] if cuda else []))
     notes = ["note", *(r.note if r.status == "ok" else f"{r.status}: {r.note}" for r in results)]
@@ -775,7 +794,7 @@ def run_bench(args: argparse.Namespace, config: Config) -> int:
     if args.json:
         best, ratio = svdaemon_ratio(results)
         report = {
-            "schema": 2,
+            "schema": 3,
             "metadata": metadata(workload, device, size, parameters, inputs),
             "timing": TIMING_NOTE,
             "rows": [{**asdict(r), "realtime": r.realtime} for r in results],

@@ -25,7 +25,7 @@ from svdaemon.fingerprint import Fingerprint
 from svdaemon.models import resolve_model_dir
 from svdaemon.sidecars import HashStore, SidecarSettings, write_sidecars
 from svdaemon.transcript import Segment, Transcript
-from svdaemon.vad import SpeechSegmenter, load_vad_model
+from svdaemon.vad import SpeechSegmenter, VadNetwork, load_vad_model
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +106,12 @@ class Pipeline:
     """The loaded models and settings; `transcribe_file` does one file, `write` its sidecars."""
 
     def __init__(
-        self, config: Config, engine: SenseVoiceEngine, vad_model, decoder: Decoder | None = None
+        self, config: Config, engine: SenseVoiceEngine, vad: VadNetwork, decoder: Decoder | None = None
     ) -> None:
         self.config = config
         self.decoder = decoder or InProcessDecoder()
         self.engine = engine
-        self.vad_model = vad_model
+        self.vad = vad  # shared by every file being segmented; the worker keeps it on the engine's device
         self.store = HashStore(config.state_dir)
         self.sidecar_settings = SidecarSettings(
             output_dir=config.output_dir, language_in_name=config.language_in_name, overwrite=config.overwrite
@@ -122,7 +122,7 @@ class Pipeline:
         cls, config: Config, threads: int | None = None, download: bool = True, decoder: Decoder | None = None
     ) -> Pipeline:
         """Load VAD and SenseVoice (StartupError when that cannot be done), then fix the thread count."""
-        vad_model = load_vad_model()
+        vad = VadNetwork(load_vad_model())
         model_dir = resolve_model_dir(config.model, config.model_hub, download=download)
         engine = SenseVoiceEngine(
             EngineSettings(
@@ -137,7 +137,7 @@ class Pipeline:
             )
         )
         set_threads(threads)
-        return cls(config, engine, vad_model, decoder)
+        return cls(config, engine, vad, decoder)
 
     def speech_chunks(
         self, source: Path, checkpoint: Callable[[], None] | None = None, decoder: Decoder | None = None
@@ -150,7 +150,7 @@ class Pipeline:
         """
         decoder = decoder or self.decoder
         stated_s = decoder.probe(source, self.config.audio_language).duration_s
-        segmenter = SpeechSegmenter(self.vad_model, self.config.vad)
+        segmenter = SpeechSegmenter(self.vad, self.config.vad)
         pending = []
         decoded = 0
         closed_s = 0.0

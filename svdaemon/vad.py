@@ -6,7 +6,8 @@ its own LSTM state. A row that started cold would disagree with the sequential p
 (mean |difference| 0.30 on the first window, 0.11 on the second), so each row first runs WARMUP_WINDOWS of the
 audio before it, whose probabilities are dropped; after that the difference is the model's own sensitivity to
 where it started (mean ~0.02, as large when the sequential path itself starts elsewhere). The file's first row
-starts from the zero state, exactly as the sequential path does.
+starts from the zero state, exactly as the sequential path does. One `VadNetwork` serves every stream: rows of
+files segmented at once on different threads are merged into the same model call, on the engine's device.
 
 On the probabilities, the span rules are pure functions (`speech_runs`, `merge_runs`, `cut_points`, `settle`):
 hysteresis like silero's `get_speech_timestamps`, gaps shorter than `min_silence_s` merged, runs shorter than
@@ -17,6 +18,8 @@ the audio waiting to be scored (up to MAX_ROWS rows, ~65 s) and the open span (a
 
 from __future__ import annotations
 
+import logging
+import threading
 import warnings
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -28,11 +31,13 @@ import torch
 # Importing silero_vad sets torch.set_num_threads(1); the daemon sets its own count after all imports.
 from silero_vad import load_silero_vad
 
+log = logging.getLogger(__name__)
+
 SAMPLE_RATE = 16000
 WINDOW = 512  # samples per speech probability: silero's window at 16 kHz
 WARMUP_WINDOWS = 4  # audio a row runs before its own windows, to settle its state
 ROW_WINDOWS = 32  # windows per row: long enough that warm-up costs 1/8 extra
-MAX_ROWS = 64  # rows per model call; scoring waits until this many rows are ready
+MAX_ROWS = 64  # rows a stream sends per model call; it scores once this many rows are ready
 MIN_SPEECH_S = 0.25  # shorter runs are clicks, not speech (silero's default)
 THRESHOLD = 0.5
 NEGATIVE_MARGIN = 0.15  # leave speech only below threshold - margin (silero's hysteresis)
@@ -207,18 +212,109 @@ class Scored(NamedTuple):
     samples: np.ndarray  # the samples those windows cover (the last window may be partial)
 
 
-class WindowScorer:
-    """Speech probabilities of a sample stream, window by window, many rows per model call.
+class VadNetwork:
+    """silero's 16 kHz network on one device, shared by every stream being segmented.
 
-    Uses silero's 16 kHz network directly with a state tensor of its own (instead of the wrapper, which keeps
-    one state inside the shared model): rows can then start from a chosen state, and two files never share
-    state. Like the wrapper, each window is given with the `context` samples before it.
+    Streams call `score` from their own threads; calls that arrive while one runs are merged into the next
+    model call (one batch of rows from many files), so the network runs on big batches without any stream
+    waiting on a timer. On a GPU a failing call moves the network to the CPU with a warning: VAD must not cost
+    the file. Uses the network directly with state tensors of its own (instead of silero's wrapper, which keeps
+    one state inside the shared model): rows then start from a chosen state and two files never share state.
     """
 
-    def __init__(self, model: torch.jit.ScriptModule) -> None:
+    def __init__(self, model: torch.jit.ScriptModule, device: str = "cpu") -> None:
         self._network = model._model
-        self._context = int(self._network.context_size_samples)
-        self._lead = WARMUP_WINDOWS * WINDOW + self._context  # samples a row needs before its first window
+        self.context = int(self._network.context_size_samples)
+        self._device = "cpu"
+        self._waiting: list[_RowRequest] = []
+        self._waiting_lock = threading.Lock()
+        self._running = threading.Lock()  # one model call at a time; its holder takes everything waiting
+        self.calls = 0  # model calls so far, and the rows they scored: rows / calls is the batch achieved
+        self.rows = 0
+        self.move_to(device)
+
+    @property
+    def device(self) -> str:
+        return self._device
+
+    def move_to(self, device: str) -> None:
+        """Run on `device` from the next call on (the engine's device while its model is loaded)."""
+        if device == self._device:
+            return  # the common case, without waiting for a running call
+        with self._running:
+            if device != self._device:
+                self._network.to(torch.device(device))
+                self._device = device
+                log.debug("VAD runs on %s", device)
+
+    def score(self, rows: np.ndarray, cold_first_row: bool) -> np.ndarray:
+        """Probabilities of each row's ROW_WINDOWS windows, row after row; a row is its lead then its windows.
+
+        `cold_first_row`: the first row starts from the zero state after its warm-up (a file's first window).
+        """
+        request = _RowRequest(rows, cold_first_row)
+        with self._waiting_lock:
+            self._waiting.append(request)
+        with self._running:
+            if request.probs is None:
+                with self._waiting_lock:
+                    batch, self._waiting = self._waiting, []
+                self._run(batch)
+        if request.error is not None:
+            raise request.error
+        return request.probs
+
+    def _run(self, batch: list[_RowRequest]) -> None:
+        rows = np.concatenate([request.rows for request in batch])
+        self.calls += 1
+        self.rows += len(rows)
+        starts = np.cumsum([0] + [len(request.rows) for request in batch[:-1]])
+        cold = [int(start) for start, request in zip(starts, batch, strict=True) if request.cold_first_row]
+        try:
+            probs = self._run_rows(rows, cold)
+        except RuntimeError as error:
+            if self._device == "cpu":
+                for request in batch:
+                    request.error = error
+                return
+            log.warning("VAD on %s failed (%s); it runs on the CPU from now on", self._device, error)
+            self._network.to(torch.device("cpu"))
+            self._device = "cpu"
+            probs = self._run_rows(rows, cold)
+        for start, request in zip(starts, batch, strict=True):
+            request.probs = probs[start : start + len(request.rows)].reshape(-1)
+
+    def _run_rows(self, rows: np.ndarray, cold: list[int]) -> np.ndarray:
+        """[rows, ROW_WINDOWS] probabilities; only ids-sized results come back from the device."""
+        device = torch.device(self._device)
+        batch = torch.from_numpy(rows).to(device)
+        state = torch.zeros(0, device=device)  # silero's network reads an empty state as zeros
+        probs = []
+        with torch.inference_mode():
+            for step in range(WARMUP_WINDOWS + ROW_WINDOWS):
+                if step == WARMUP_WINDOWS and cold:
+                    state[:, cold] = 0
+                offset = step * WINDOW
+                prob, state = self._network(batch[:, offset : offset + self.context + WINDOW], state)
+                if step >= WARMUP_WINDOWS:
+                    probs.append(prob[:, 0])
+            return torch.stack(probs, dim=1).cpu().numpy()
+
+
+@dataclass(eq=False)
+class _RowRequest:
+    rows: np.ndarray
+    cold_first_row: bool
+    probs: np.ndarray | None = None
+    error: BaseException | None = None
+
+
+class WindowScorer:
+    """Speech probabilities of one sample stream, window by window, many rows per model call."""
+
+    def __init__(self, network: VadNetwork) -> None:
+        self._network = network
+        self._lead = WARMUP_WINDOWS * WINDOW + network.context  # samples a row needs before its first window
         self._history = np.zeros(self._lead, np.float32)  # the samples before the first unscored one
         self._unscored = np.zeros(0, np.float32)
         self._at_file_start = True
@@ -248,7 +344,9 @@ class WindowScorer:
         padded = np.concatenate([self._history, audio, np.zeros(rows * row_samples - length, np.float32)])
         starts = np.lib.stride_tricks.sliding_window_view(padded, self._lead + row_samples)[::row_samples]
         probs = [
-            self._score_rows(np.array(starts[first : first + MAX_ROWS]), first == 0)
+            self._network.score(
+                np.array(starts[first : first + MAX_ROWS]), first == 0 and self._at_file_start
+            )
             for first in range(0, rows, MAX_ROWS)
         ]
         scored_windows = padded[self._lead : self._lead + windows * WINDOW].reshape(windows, WINDOW)
@@ -261,21 +359,6 @@ class WindowScorer:
             audio,
         )
 
-    def _score_rows(self, rows: np.ndarray, first_batch: bool) -> np.ndarray:
-        """Probabilities of [rows, ROW_WINDOWS] windows; each row is its lead then its own windows."""
-        batch = torch.from_numpy(rows)
-        state = torch.zeros(0)  # silero's network reads an empty state as zeros
-        probs = []
-        with torch.inference_mode():
-            for step in range(WARMUP_WINDOWS + ROW_WINDOWS):
-                if step == WARMUP_WINDOWS and first_batch and self._at_file_start:
-                    state[:, 0] = 0  # the file's first window starts cold, like the sequential path
-                offset = step * WINDOW
-                prob, state = self._network(batch[:, offset : offset + self._context + WINDOW], state)
-                if step >= WARMUP_WINDOWS:
-                    probs.append(prob[:, 0])
-        return torch.stack(probs, dim=1).reshape(-1).numpy()
-
 
 # ---- the stream ----------------------------------------------------------------------------------------
 
@@ -283,11 +366,9 @@ class WindowScorer:
 class SpeechSegmenter:
     """Speech chunks of one file: `push` each decoded block, then `finish`; silence is dropped."""
 
-    def __init__(
-        self, model: torch.jit.ScriptModule, settings: VadSettingsLike, threshold: float = THRESHOLD
-    ) -> None:
+    def __init__(self, network: VadNetwork, settings: VadSettingsLike, threshold: float = THRESHOLD) -> None:
         self._rules = SpanRules.of(settings, threshold)
-        self._scorer = WindowScorer(model)
+        self._scorer = WindowScorer(network)
         self._pending = Pending()
         self._probs = np.zeros(0, np.float32)  # from window self._pending.origin on
         self._energy = np.zeros(0, np.float32)

@@ -201,7 +201,12 @@ class Worker:
             if self.usage.working_s > 0:
                 log.info("queue drained; %s", self.usage.describe())
         elif now - self._idle_since >= self.config.idle_unload_s:
-            engine.unload()
+            self.unload()
+
+    def unload(self) -> None:
+        """Give the device back entirely: the model's weights and the VAD's; the next job loads them again."""
+        self.pipeline.engine.unload()
+        self._place_vad()
 
     def _between_batches(self) -> None:
         """Where a device switch happens and where the worker steps aside while the card is short of memory."""
@@ -234,6 +239,12 @@ class Worker:
             log.error("device not changed: %s", error)
             return
         self._no_device = self._short_of_vram = None
+        self._place_vad()
+
+    def _place_vad(self) -> None:
+        """VAD runs where the engine's model is, and leaves the card with it (0 MB after an idle unload)."""
+        engine = self.pipeline.engine
+        self.pipeline.vad.move_to(engine.device if engine.loaded else "cpu")
 
     def run_once(self) -> bool:
         """Claim what can be prepared ahead, recognise one pool of ready speech, finish the jobs it completes.
@@ -251,6 +262,7 @@ class Worker:
         first = next(iter(self._active.values()))
         self.current = CurrentFile(first.job.path, first.done_s)
         self.pipeline.engine.ensure_loaded()
+        self._place_vad()
         started = time.perf_counter()
         try:
             pool = self._gather_pool()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 import tracemalloc
 from itertools import pairwise
 
@@ -19,12 +21,15 @@ from svdaemon.vad import (
     SpanRules,
     SpeechChunk,
     SpeechSegmenter,
+    VadNetwork,
     WindowScorer,
     load_vad_model,
     merge_runs,
     settle,
     speech_runs,
 )
+
+from doubles import wait_for
 
 RULES = SpanRules.of(VadSettings())  # gap 10 windows, pad 1600, min speech 4000, max 480000 samples
 PAD = RULES.pad_samples
@@ -133,8 +138,13 @@ def model() -> torch.jit.ScriptModule:
     return load_vad_model()
 
 
-def segment(model, samples: np.ndarray, block: int | None = None, settings=None) -> list[SpeechChunk]:
-    segmenter = SpeechSegmenter(model, settings or VadSettings())
+@pytest.fixture(scope="module")
+def network(model) -> VadNetwork:
+    return VadNetwork(model)
+
+
+def segment(network, samples: np.ndarray, block: int | None = None, settings=None) -> list[SpeechChunk]:
+    segmenter = SpeechSegmenter(network, settings or VadSettings())
     block = block or max(len(samples), 1)
     chunks = [
         chunk
@@ -177,7 +187,7 @@ def test_speech_tracks_are_exact_and_reproducible():
 
 
 @pytest.mark.integration
-def test_batched_probabilities_match_the_sequential_path(model):
+def test_batched_probabilities_match_the_sequential_path(model, network):
     track = make_speech_track(20, 0.25, seed=4)
     windows = -(-len(track.samples) // WINDOW)
     padded = np.zeros(windows * WINDOW, np.float32)
@@ -187,7 +197,7 @@ def test_batched_probabilities_match_the_sequential_path(model):
         sequential = np.array(
             [model(torch.from_numpy(window), SAMPLE_RATE).item() for window in padded.reshape(-1, WINDOW)]
         )
-    scorer = WindowScorer(model)
+    scorer = WindowScorer(network)
     assert len(scorer.push(track.samples).probs) == 0  # too little audio for a full batch: it waits
     batched = scorer.finish().probs
 
@@ -197,12 +207,78 @@ def test_batched_probabilities_match_the_sequential_path(model):
     assert np.mean((batched >= 0.5) == (sequential >= 0.5)) > 0.97
 
 
+def scored_alone(network: VadNetwork, tracks: list[np.ndarray]) -> list[np.ndarray]:
+    probs = []
+    for samples in tracks:
+        scorer = WindowScorer(network)
+        probs.append(np.concatenate([scorer.push(samples).probs, scorer.finish().probs]))
+    return probs
+
+
 @pytest.mark.integration
-def test_span_edges_are_the_utterance_edges(model):
+def test_streams_scored_at_once_share_model_calls_and_keep_their_own_results(network):
+    tracks = [make_speech_track(70 + 10 * n, 0.3, seed=20 + n).samples for n in range(4)]
+    alone = scored_alone(network, tracks)
+    results: dict[int, np.ndarray] = {}
+
+    def score(index: int) -> None:
+        results[index] = scored_alone(network, [tracks[index]])[0]
+
+    # Hold the network's call lock (private: the only way to make the threads' calls meet for sure) until
+    # every stream waits; the next call then scores the rows of all four streams as one batch.
+    calls_before = network.calls
+    with network._running:
+        threads = [threading.Thread(target=score, args=(n,)) for n in range(len(tracks))]
+        for thread in threads:
+            thread.start()
+        assert wait_for(lambda: len(network._waiting) == len(tracks), 10)
+    for thread in threads:
+        thread.join()
+    assert network.calls - calls_before < 2 * len(tracks)  # each stream alone needs 2 calls
+    for index, probs in enumerate(alone):
+        assert np.abs(results[index] - probs).max() < 1e-5, index
+
+
+@pytest.mark.integration
+def test_a_failing_gpu_leaves_vad_on_the_cpu_with_a_warning(model, monkeypatch, caplog):
+    """The GPU is simulated: its name and its failure stand for a card that CI does not have."""
+    network = VadNetwork(model)
+    samples = make_speech_track(10, 0.3, seed=5).samples
+    expected = scored_alone(network, [samples])[0]
+    run_rows = network._run_rows
+
+    def failing_on_the_card(rows, cold):
+        if network.device != "cpu":
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return run_rows(rows, cold)
+
+    monkeypatch.setattr(network, "_run_rows", failing_on_the_card)
+    monkeypatch.setattr(network, "_device", "cuda:0")
+    with caplog.at_level(logging.WARNING, "svdaemon.vad"):
+        probs = scored_alone(network, [samples])[0]
+    assert network.device == "cpu"
+    assert np.array_equal(probs, expected)
+    assert "VAD on cuda:0 failed" in caplog.text and "illegal memory access" in caplog.text
+
+
+@pytest.mark.gpu
+def test_vad_on_the_gpu_scores_like_the_cpu(network):
+    tracks = [make_speech_track(80, 0.3, seed=30 + n).samples for n in range(3)]
+    on_gpu = VadNetwork(load_vad_model(), "cuda")
+    assert on_gpu.device == "cuda"
+    for cpu_probs, gpu_probs in zip(scored_alone(network, tracks), scored_alone(on_gpu, tracks), strict=True):
+        assert np.abs(cpu_probs - gpu_probs).max() < 1e-3
+        assert np.mean((cpu_probs >= 0.5) == (gpu_probs >= 0.5)) > 0.999
+    on_gpu.move_to("cpu")
+    assert {parameter.device.type for parameter in on_gpu._network.parameters()} == {"cpu"}
+
+
+@pytest.mark.integration
+def test_span_edges_are_the_utterance_edges(network):
     track = build_track(
         [0.8, SENTENCES[0], 1.0, SENTENCES[1], 1.0, SENTENCES[2], 1.2, SENTENCES[3], 0.7], noise_dbfs=-60
     )
-    chunks = segment(model, track.samples)
+    chunks = segment(network, track.samples)
     assert len(chunks) == len(track.speech)
     for chunk, (start, end) in zip(chunks, track.speech, strict=True):
         assert abs(chunk.start_sample + PAD - start) <= EDGE_TOLERANCE
@@ -212,18 +288,18 @@ def test_span_edges_are_the_utterance_edges(model):
 
 
 @pytest.mark.integration
-def test_pauses_shorter_than_min_silence_are_merged(model):
+def test_pauses_shorter_than_min_silence_are_merged(network):
     short_pause = build_track([0.5, SENTENCES[0], 0.12, SENTENCES[1], 0.5], noise_dbfs=-60)
-    assert len(segment(model, short_pause.samples)) == 1
+    assert len(segment(network, short_pause.samples)) == 1
     long_pause = build_track([0.5, SENTENCES[0], 0.6, SENTENCES[1], 0.5], noise_dbfs=-60)
-    assert len(segment(model, long_pause.samples)) == 2
-    assert len(segment(model, long_pause.samples, settings=VadSettings(min_silence_s=1.0))) == 1
+    assert len(segment(network, long_pause.samples)) == 2
+    assert len(segment(network, long_pause.samples, settings=VadSettings(min_silence_s=1.0))) == 1
 
 
 @pytest.mark.integration
-def test_long_utterance_is_cut_in_a_pause_into_pieces_within_max_segment(model):
+def test_long_utterance_is_cut_in_a_pause_into_pieces_within_max_segment(network):
     track = build_track([0.5, *long_utterance()], noise_dbfs=-60)
-    chunks = segment(model, track.samples)
+    chunks = segment(network, track.samples)
     assert len(chunks) >= 2
     assert all(chunk.end_sample - chunk.start_sample <= 30 * SAMPLE_RATE for chunk in chunks)
     assert all(left.end_sample == right.start_sample for left, right in pairwise(chunks))
@@ -235,32 +311,32 @@ def test_long_utterance_is_cut_in_a_pause_into_pieces_within_max_segment(model):
 
 @pytest.mark.integration
 @pytest.mark.parametrize("max_segment_s", [30.0, 8.0])
-def test_block_size_does_not_change_the_spans(model, mixed_track, max_segment_s):
+def test_block_size_does_not_change_the_spans(network, mixed_track, max_segment_s):
     settings = VadSettings(max_segment_s=max_segment_s)
-    whole = spans_of(segment(model, mixed_track.samples, settings=settings))
+    whole = spans_of(segment(network, mixed_track.samples, settings=settings))
     assert len(whole) >= 9
     assert max(end - start for start, end in whole) <= max_segment_s * SAMPLE_RATE
     for block in (SAMPLE_RATE, 7 * SAMPLE_RATE + 123, 30 * SAMPLE_RATE):
-        spans = spans_of(segment(model, mixed_track.samples, block, settings))
+        spans = spans_of(segment(network, mixed_track.samples, block, settings))
         assert len(spans) == len(whole)
         assert np.abs(np.array(spans) - np.array(whole)).max() <= WINDOW, block
 
 
 @pytest.mark.integration
-def test_silence_and_very_short_input_give_no_chunks(model):
+def test_silence_and_very_short_input_give_no_chunks(network):
     noise = build_track([10.0], seed=3, noise_dbfs=-50).samples
-    assert segment(model, np.zeros(10 * SAMPLE_RATE, np.float32)) == []
-    assert segment(model, noise) == []
-    assert segment(model, noise[:100]) == []
-    assert segment(model, np.zeros(0, np.float32)) == []
+    assert segment(network, np.zeros(10 * SAMPLE_RATE, np.float32)) == []
+    assert segment(network, noise) == []
+    assert segment(network, noise[:100]) == []
+    assert segment(network, np.zeros(0, np.float32)) == []
     with pytest.raises(ValueError, match="mono"):
-        SpeechSegmenter(model, VadSettings()).push(np.zeros((2, 100), np.float32))
+        SpeechSegmenter(network, VadSettings()).push(np.zeros((2, 100), np.float32))
 
 
 @pytest.mark.integration
-def test_memory_stays_bounded_while_streaming(model):
+def test_memory_stays_bounded_while_streaming(network):
     track = make_speech_track(600, 0.25, seed=2)  # 38 MB of samples
-    segmenter = SpeechSegmenter(model, VadSettings())
+    segmenter = SpeechSegmenter(network, VadSettings())
     block = 30 * SAMPLE_RATE
     tracemalloc.start()
     try:
