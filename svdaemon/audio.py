@@ -11,15 +11,24 @@ finds each of them up front. After audio has come out, data errors never raise: 
 skipped and counted, a demuxer that gives up ends the stream, and a warning says what was lost (a file
 that ends well before the duration its header states is reported the same way, as truncated). Only a
 failure of the operating system to read the file raises mid-stream, since the rest of it is unknowable.
+
+A long file can be decoded in pieces on several cores: `decode_blocks(..., span=SampleSpan(first, end))`
+seeks to shortly before `first` instead of decoding from the start, and pieces that tile the file join
+into exactly the whole decode's samples (see `_span_samples`). Each piece applies the error rule to its
+own stretch of the file; the open-time errors are raised by every piece.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
+import math
 import os
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, replace
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -38,6 +47,25 @@ _ISO_639_2 = {"zh": ("zho", "chi"), "en": ("eng",), "ja": ("jpn",), "ko": ("kor"
 _SHORTFALL_S = 1.0
 _SHORTFALL_FRACTION = 0.02
 
+# A piece decodes this much before its first sample and drops it: the decoder's warm-up after a seek (MP3's
+# bit reservoir and overlap: 3 frames, 78 ms at 44.1 kHz; AAC and Vorbis: 1 frame; Opus converges to the
+# continuous decode within about 0.6 s) and the resampler's filter (under 1 ms). At ~400x realtime a second
+# costs 2.5 ms of decoding per piece.
+_SPAN_MARGIN_S = 1.0
+_SEEK_ATTEMPTS = 3  # each further back; then the piece is decoded from the start of the file
+
+
+@dataclass(frozen=True)
+class SampleSpan:
+    """The output samples [first, end) of a whole-file decode; `end` None: to the end of its audio."""
+
+    first: int
+    end: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.first < 0 or (self.end is not None and self.end <= self.first):
+            raise ValueError(f"not a span of samples: [{self.first}, {self.end})")
+
 
 @dataclass(frozen=True)
 class AudioInfo:
@@ -50,6 +78,9 @@ class AudioInfo:
     channels: int
     sample_rate: int
     language: str | None
+    # Whether a SampleSpan of it is found by seeking; if not, each span is decoded from the start of the
+    # file (the same samples, but splitting the file gains no time).
+    seeks_exactly: bool = False
 
 
 def probe(path: Path, audio_language: str | None = None) -> AudioInfo:
@@ -71,16 +102,18 @@ def probe(path: Path, audio_language: str | None = None) -> AudioInfo:
             channels=first.layout.nb_channels,
             sample_rate=first.sample_rate,
             language=stream.metadata.get("language"),
+            seeks_exactly=_seeks_exactly(first, stream),
         )
     return info if stated_s else replace(info, duration_s=_scanned_duration_s(path, info.stream_index))
 
 
 def decode_blocks(
-    path: Path, block_s: float = 30.0, audio_language: str | None = None
+    path: Path, block_s: float = 30.0, audio_language: str | None = None, span: SampleSpan | None = None
 ) -> Iterator[np.ndarray]:
     """Yield the audio as 1-D float32 arrays of exactly `block_s` seconds at 16 kHz; the last may be shorter.
 
     Samples are not clipped: full scale is 1.0, and lossy decoders may overshoot it slightly.
+    With `span`, only those samples of the whole decode, found by seeking; a span past the end yields nothing.
     A generator: open-time errors are raised by the first `next()` (see the module's error rule).
     """
     block_len = round(block_s * SAMPLE_RATE)
@@ -88,76 +121,259 @@ def decode_blocks(
         raise ValueError(f"block_s must be positive, got {block_s}")
     with _open(path) as container:
         stream = _select_stream(container, path, audio_language)
-        frames = _frames(container, stream, path, _stated_duration_s(container, stream))
-        block = np.empty(block_len, dtype=np.float32)
-        filled = 0
-        for chunk in _mono_16k(frames):
-            while chunk.size:
-                taken = min(block_len - filled, chunk.size)
-                block[filled : filled + taken] = chunk[:taken]
-                filled += taken
-                chunk = chunk[taken:]
-                if filled == block_len:
-                    yield block
-                    block = np.empty(block_len, dtype=np.float32)
-                    filled = 0
-        if filled:
-            yield block[:filled]
+        stated_s = _stated_duration_s(container, stream)
+        if span is None:
+            samples = _mono_16k(_frames(container, stream, path, stated_s))
+        else:
+            samples = _span_samples(container, stream, path, stated_s, span)
+        yield from _filled_blocks(samples, block_len)
+
+
+def _filled_blocks(chunks: Iterable[np.ndarray], block_len: int) -> Iterator[np.ndarray]:
+    """The samples regrouped into blocks of `block_len`; the last may be shorter."""
+    block = np.empty(block_len, dtype=np.float32)
+    filled = 0
+    for chunk in chunks:
+        while chunk.size:
+            taken = min(block_len - filled, chunk.size)
+            block[filled : filled + taken] = chunk[:taken]
+            filled += taken
+            chunk = chunk[taken:]
+            if filled == block_len:
+                yield block
+                block = np.empty(block_len, dtype=np.float32)
+                filled = 0
+    if filled:
+        yield block[:filled]
+
+
+@dataclass(frozen=True)
+class _Timeline:
+    """Input-sample indices of a stream's timestamps, counted from the whole decode's first sample."""
+
+    origin_pts: int
+    time_base: Fraction
+    rate: int
+
+    def index(self, pts: int) -> int:
+        return round((pts - self.origin_pts) * self.time_base * self.rate)
+
+    def pts(self, index: int) -> int:
+        return self.origin_pts + math.floor(index / (self.time_base * self.rate))
+
+
+@dataclass
+class _Progress:
+    """How far decoding got and what it lost on the way, for the error rule; updated as decoding goes.
+
+    A piece counts only the undecodable packets whose timestamps fall in its own `window` (pts [low, high)),
+    so pieces that tile a file report each loss once, and none for the warm-up before their first sample.
+    """
+
+    position_s: float | None = None  # on the whole file's timeline; None until a frame has decoded
+    skipped: int = 0
+    first_error: str | None = None
+    stopped: str | None = None
+    window: tuple[int | None, int | None] | None = None
+
+    def skip(self, packet: av.Packet | None, error: av.error.FFmpegError) -> None:
+        low, high = self.window or (None, None)
+        pts = packet.pts if packet is not None else None
+        if pts is None or ((low is None or low <= pts) and (high is None or pts < high)):
+            self.skipped += 1
+            self.first_error = self.first_error or _cause(error)
+
+    def report(self, path: Path, stated_s: float | None) -> None:
+        """Warn, in one line, about audio that did not decode: the transcript will be partial.
+
+        `stated_s` None: the decode did not run to the end of the stream, so it cannot be short of it.
+        """
+        losses = []
+        reached_s = self.position_s or 0.0
+        if self.stopped:
+            losses.append(f"decoding stopped at {reached_s:.1f} s ({self.stopped})")
+        elif stated_s and stated_s - reached_s > max(_SHORTFALL_S, _SHORTFALL_FRACTION * stated_s):
+            losses.append(f"decoding stopped at {reached_s:.1f} s of the {stated_s:.1f} s the file states")
+        if self.skipped:
+            losses.append(f"skipped {self.skipped} undecodable packet(s) ({self.first_error})")
+        if losses:
+            logger.warning("%s: %s; kept what decoded (truncated or damaged file?)", path, ", ".join(losses))
 
 
 def _frames(
     container: av.container.InputContainer, stream, path: Path, stated_s: float | None = None
 ) -> Iterator[av.AudioFrame]:
-    """The decoded frames of one stream, applying the module's error rule as they come."""
-    decoded_s = 0.0
-    skipped = 0
-    first_error: str | None = None
-    stopped: str | None = None
+    """The decoded frames of a whole stream, applying the module's error rule as they come."""
+    progress = _Progress()
+    yield from _decoded(container, stream, path, progress)
+    if progress.position_s is None:
+        cause = progress.first_error and f"corrupt data ({progress.first_error})"
+        raise DecodeError(f"{path}: {cause or 'zero duration (no audio samples)'}")
+    progress.report(path, stated_s)
+
+
+def _decoded(
+    container: av.container.InputContainer,
+    stream,
+    path: Path,
+    progress: _Progress,
+    timeline: _Timeline | None = None,
+) -> Iterator[av.AudioFrame]:
+    """The frames with samples from the container's position on, keeping `progress`; raises only read errors.
+
+    The position starts at the first frame's timestamp on `timeline`, else at zero.
+    """
     packets = container.demux(stream)
-    while stopped is None:
+    while True:
         try:
             packet = next(packets)
         except StopIteration:
-            break
+            return
         except av.error.FFmpegError as error:
             if isinstance(error, OSError):
-                raise DecodeError(f"{path}: read error at {decoded_s:.1f} s ({_cause(error)})") from error
-            stopped = first_error = first_error or _cause(error)
-            packet = None  # flush what the decoder still holds
+                at_s = progress.position_s or 0.0
+                raise DecodeError(f"{path}: read error at {at_s:.1f} s ({_cause(error)})") from error
+            progress.stopped = progress.first_error = progress.first_error or _cause(error)
+            packet = None  # flush what the decoder still holds, then stop
         try:
             frames = stream.codec_context.decode(packet)
         except av.error.FFmpegError as error:
-            skipped += 1
-            first_error = first_error or _cause(error)
-            continue
+            progress.skip(packet, error)
+            frames = []
         for frame in frames:
             if frame.samples:
-                decoded_s += frame.samples / frame.sample_rate
+                if progress.position_s is None:
+                    known = timeline is not None and frame.pts is not None
+                    progress.position_s = timeline.index(frame.pts) / frame.sample_rate if known else 0.0
+                progress.position_s += frame.samples / frame.sample_rate
                 yield frame
-    if not decoded_s:
-        cause = f"corrupt data ({first_error})" if first_error else "zero duration (no audio samples)"
-        raise DecodeError(f"{path}: {cause}")
-    _report_losses(path, decoded_s, stated_s, stopped, skipped, first_error)
+        if packet is None:
+            return
 
 
-def _report_losses(
+def _span_samples(
+    container: av.container.InputContainer, stream, path: Path, stated_s: float | None, span: SampleSpan
+) -> Iterator[np.ndarray]:
+    """The samples of `span`, resampled from an input index where the whole decode's 16 kHz grid falls.
+
+    libswresample computes output sample k from the input around position k * rate / 16000, counted from
+    the first sample it is fed. Fed from an input index that is a multiple of rate / gcd(rate, 16000) (441
+    at 44.1 kHz, 3 at 48 kHz), it lands on the whole decode's grid, and once its filter and the decoder
+    after the seek have warmed up (`_SPAN_MARGIN_S`), it gives the same values.
+    """
+    with contextlib.closing(_frames(container, stream, path)) as head:
+        origin = next(head)  # raises the open-time errors, as the whole decode would
+    rate = origin.sample_rate
+    period = rate // math.gcd(rate, SAMPLE_RATE)
+    margin = round(_SPAN_MARGIN_S * rate)
+    start = max(0, (span.first * rate // SAMPLE_RATE - margin) // period * period)
+    timeline = _Timeline(origin.pts, stream.time_base, rate) if _seeks_exactly(origin, stream) else None
+    window = timeline and _pts_window(timeline, span)
+    with contextlib.ExitStack() as stack:
+        found = None
+        if start and timeline:
+            found = _seeked_frames(container, stream, path, timeline, window, start, margin, _source(origin))
+        if found is None:  # a span within the margin of the start, no exact timestamps, or seeking failed
+            fresh = stack.enter_context(_open(path))
+            start, progress = 0, _Progress(window=window)
+            frames = _decoded(fresh, fresh.streams[stream.index], path, progress)
+        else:
+            frames, progress = found
+        count = None if span.end is None else span.end - span.first
+        ran_out = yield from _trimmed(_mono_16k(frames), span.first - start * SAMPLE_RATE // rate, count)
+    # A shortfall is reported by the piece in which the audio ends, not by those after it.
+    reached_span = (progress.position_s or 0.0) > span.first / SAMPLE_RATE
+    progress.report(path, stated_s if ran_out and reached_span else None)
+
+
+def _seeks_exactly(first: av.AudioFrame, stream) -> bool:
+    """Whether timestamps tell the sample they are at: a tick no longer than a sample.
+
+    Not so for Matroska, WebM and ASF (WMA), which count milliseconds (rounded, whatever the rate), nor for
+    AVI, which counts codec frames: a span of those is decoded from the start of the file.
+    """
+    return (
+        first.pts is not None and stream.time_base is not None and stream.time_base * first.sample_rate <= 1
+    )
+
+
+def _pts_window(timeline: _Timeline, span: SampleSpan) -> tuple[int | None, int | None]:
+    """The timestamps of the input that makes up `span`: the packets whose losses are its to report."""
+    low = timeline.pts(span.first * timeline.rate // SAMPLE_RATE) if span.first else None
+    high = None if span.end is None else timeline.pts(-(-span.end * timeline.rate // SAMPLE_RATE))
+    return low, high
+
+
+def _seeked_frames(
+    container: av.container.InputContainer,
+    stream,
     path: Path,
-    decoded_s: float,
-    stated_s: float | None,
-    stopped: str | None,
-    skipped: int,
-    first_error: str | None,
-) -> None:
-    """Warn, in one line, about audio that did not decode: the transcript will be partial."""
-    losses = []
-    if stopped:
-        losses.append(f"decoding stopped at {decoded_s:.1f} s ({stopped})")
-    elif stated_s and stated_s - decoded_s > max(_SHORTFALL_S, _SHORTFALL_FRACTION * stated_s):
-        losses.append(f"decoding stopped at {decoded_s:.1f} s of the {stated_s:.1f} s the file states")
-    if skipped:
-        losses.append(f"skipped {skipped} undecodable packet(s) ({first_error})")
-    if losses:
-        logger.warning("%s: %s; kept what decoded (truncated or damaged file?)", path, ", ".join(losses))
+    timeline: _Timeline,
+    window: tuple[int | None, int | None],
+    start: int,
+    margin: int,
+    source: tuple[str, str, int],
+) -> tuple[Iterator[av.AudioFrame], _Progress] | None:
+    """The frames from input index `start` on, after a seek to it; None when no seek lands at or before it.
+
+    Seeking is exact for most formats and lands a little early for the rest; a demuxer that lands late is
+    asked again from further back, `_SEEK_ATTEMPTS` times. None too where the audio there is not in the
+    `source` format of the file's start (spliced streams): the timeline in input samples would not hold.
+    """
+    for attempt in range(_SEEK_ATTEMPTS):
+        target = max(0, start - (4**attempt - 1) * margin)
+        try:
+            container.seek(timeline.pts(target), stream=stream, backward=True)
+        except av.error.FFmpegError as error:
+            logger.debug("%s: cannot seek (%s); decoding from the start", path, _cause(error))
+            return None
+        progress = _Progress(window=window)
+        frames = _decoded(container, stream, path, progress, timeline)
+        first = next(frames, None)
+        if first is None:
+            return iter(()), progress  # nothing at or after the target: the span is past the end of the audio
+        if first.pts is None or _source(first) != source:  # no telling where it landed
+            return None
+        landed = timeline.index(first.pts)
+        if landed <= start:
+            return _from_index(itertools.chain([first], frames), landed, start), progress
+        frames.close()
+        logger.debug("%s: a seek to input sample %d landed at %d", path, target, landed)
+    return None
+
+
+def _from_index(frames: Iterable[av.AudioFrame], index: int, start: int) -> Iterator[av.AudioFrame]:
+    """The input from index `start` on, of `frames` that begin at input index `index`."""
+    for frame in frames:
+        end = index + frame.samples
+        if end > start:
+            yield _without_head(frame, start - index) if index < start else frame
+        index = end
+
+
+def _trimmed(chunks: Iterable[np.ndarray], skip: int, count: int | None) -> Generator[np.ndarray, None, bool]:
+    """The samples after the first `skip`, `count` of them (all when None); returns whether chunks ran out."""
+    for chunk in chunks:
+        if skip >= chunk.size:
+            skip -= chunk.size
+            continue
+        chunk = chunk[skip : None if count is None else skip + count]
+        skip = 0
+        yield chunk
+        if count is not None:
+            count -= chunk.size
+            if not count:
+                return False
+    return True
+
+
+def _without_head(frame: av.AudioFrame, samples: int) -> av.AudioFrame:
+    """`frame` less its first `samples` samples, copied by an AudioFifo, which takes any layout (even 7.1)."""
+    fifo = av.AudioFifo()
+    frame.pts = None  # the fifo checks timestamps for continuity, and these are not needed any more
+    fifo.write(frame)
+    fifo.read(samples)
+    return fifo.read()
 
 
 def _open(path: Path) -> av.container.InputContainer:
@@ -226,15 +442,20 @@ def _mono_16k(frames: Iterable[av.AudioFrame]) -> Iterator[np.ndarray]:
     resampler = None
     source = None
     for frame in frames:
-        if (frame.format.name, frame.layout.name, frame.sample_rate) != source:
+        if _source(frame) != source:
             if resampler is not None:
                 yield from _averaged(resampler.resample(None))
             # Packed, not planar: PyAV 18 crashes converting planar audio of 8 channels (7.1) to arrays.
             resampler = av.AudioResampler(format="flt", rate=SAMPLE_RATE)
-            source = (frame.format.name, frame.layout.name, frame.sample_rate)
+            source = _source(frame)
         yield from _averaged(resampler.resample(frame))
     if resampler is not None:
         yield from _averaged(resampler.resample(None))
+
+
+def _source(frame: av.AudioFrame) -> tuple[str, str, int]:
+    """What a resampler is set up for: the sample format, the channel layout and the rate."""
+    return frame.format.name, frame.layout.name, frame.sample_rate
 
 
 def _averaged(frames: list[av.AudioFrame]) -> Iterator[np.ndarray]:

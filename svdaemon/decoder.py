@@ -7,8 +7,9 @@ reused for every file, and started again when it dies. The parent watches it: a 
 or sends nothing for too long raises DecodeError for that file, and the next file gets a fresh child.
 
 Protocol over one duplex pipe, strictly request then reply, with log records interleaved anywhere:
-``("probe", path, language)`` → ``("info", AudioInfo)``; ``("decode", path, language, block_s, target)``
-then ``"next"`` per block → ``("block", samples)`` + the raw float32 bytes, then ``("end",)``; any request
+``("probe", path, language)`` → ``("info", AudioInfo)``; ``("decode", path, language, block_s, span,
+target)`` (span: an `audio.SampleSpan`, or None for the whole file) then ``"next"`` per block →
+``("block", samples)`` + the raw float32 bytes, then ``("end",)``; any request
 may be answered by ``("error", message)``. ``"stop"`` (abandon the current file, if any) → ``("stopped",)``,
 so the parent can drain whatever was in flight before it starts another file. The parent asks for the
 next block as soon as it receives one, so the child decodes ahead while the caller works, and at most two
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection, Pipe
 from pathlib import Path
 
@@ -35,11 +37,14 @@ from svdaemon.errors import DecodeError, EnvironmentFault
 
 logger = logging.getLogger(__name__)
 
-DecodeTarget = Callable[[Path, float, "str | None"], Iterator[np.ndarray]]
+DecodeTarget = Callable[[Path, float, "str | None", "audio.SampleSpan | None"], Iterator[np.ndarray]]
 
 _START_TIMEOUT_S = 60.0  # a fresh interpreter importing PyAV and numpy, on a busy machine
 _STOP_TIMEOUT_S = 5.0
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+_SPAWNER = ThreadPoolExecutor(
+    max_workers=1, thread_name_prefix="svdaemon-decoder-spawn"
+)  # see _die_with_parent
 
 
 class DecoderProcess:
@@ -79,17 +84,22 @@ class DecoderProcess:
         return self._reply(conn, path, self.min_timeout_s, self.min_timeout_s)
 
     def blocks(
-        self, path: Path, audio_language: str | None = None, duration_s: float | None = None
+        self,
+        path: Path,
+        audio_language: str | None = None,
+        duration_s: float | None = None,
+        span: audio.SampleSpan | None = None,
     ) -> Iterator[np.ndarray]:
         """`audio.decode_blocks`, streamed from the child; probes first when `duration_s` is not given.
 
+        With `span`, only that piece of the file, and the time limit is the piece's share of `duration_s`.
         Stopping early (closing the generator) leaves the child ready for the next file.
         """
         if duration_s is None:
             duration_s = self.probe(path, audio_language).duration_s
         block_limit_s = max(self.min_timeout_s, self.block_s * self.timeout_factor)
-        budget_s = max(self.min_timeout_s, duration_s * self.timeout_factor)
-        conn = self._request(("decode", path, audio_language, self.block_s, self._decode_target))
+        budget_s = max(self.min_timeout_s, _decoded_s(duration_s, span) * self.timeout_factor)
+        conn = self._request(("decode", path, audio_language, self.block_s, span, self._decode_target))
         finished = False
         try:
             while True:
@@ -202,9 +212,12 @@ class DecoderProcess:
             f"import sys; sys.path[:] = {sys.path!r}; "  # the parent's, so decode targets unpickle
             f"from svdaemon.decoder import _serve; _serve({serve_args})"
         )
-        self._process = subprocess.Popen(
-            [sys.executable, "-c", bootstrap], pass_fds=(child_end.fileno(),), stdin=subprocess.DEVNULL
-        )
+        self._process = _SPAWNER.submit(
+            subprocess.Popen,
+            [sys.executable, "-c", bootstrap],
+            pass_fds=(child_end.fileno(),),
+            stdin=subprocess.DEVNULL,
+        ).result()
         child_end.close()
         self._conn = parent_end
         if not parent_end.poll(_START_TIMEOUT_S) or _safe_recv(parent_end) != ("ready",):
@@ -235,6 +248,14 @@ class DecoderProcess:
         self._conn.close()
         self._conn = None
         self._process = None
+
+
+def _decoded_s(duration_s: float, span: audio.SampleSpan | None) -> float:
+    """The seconds of audio a decode of `span` (of a file of `duration_s`) produces, at most."""
+    if span is None:
+        return duration_s
+    end_s = duration_s if span.end is None else min(duration_s, span.end / audio.SAMPLE_RATE)
+    return max(0.0, end_s - span.first / audio.SAMPLE_RATE)
 
 
 def _safe_recv(conn: Connection):
@@ -307,7 +328,9 @@ def _die_with_parent(parent_pid: int) -> None:
 
     A child that is decoding or idle notices the closed pipe by itself; one stuck inside FFmpeg would
     otherwise live on as an orphan after every crash of the daemon. The signal comes when the thread that
-    started the child ends, not only the process: the next request then simply starts a new child.
+    started the child ends, not only the process, so children are started by `_SPAWNER`'s one thread, which
+    lives as long as the process: a decoder used from a short-lived thread (a piece of a long file) keeps its
+    child.
     """
     if not sys.platform.startswith("linux"):
         return
@@ -327,10 +350,15 @@ def _probe(conn: Connection, path: Path, audio_language: str | None) -> None:
 
 
 def _decode(
-    conn: Connection, path: Path, audio_language: str | None, block_s: float, target: DecodeTarget
+    conn: Connection,
+    path: Path,
+    audio_language: str | None,
+    block_s: float,
+    span: audio.SampleSpan | None,
+    target: DecodeTarget,
 ) -> None:
-    """Send the file's blocks, one per "next", until its end, an error, or "stop"."""
-    blocks = target(path, block_s, audio_language)
+    """Send the file's (or the span's) blocks, one per "next", until its end, an error, or "stop"."""
+    blocks = target(path, block_s, audio_language, span)
     try:
         for block in blocks:
             conn.send(("block", block.size))

@@ -68,7 +68,11 @@ class Decoder(Protocol):
     def probe(self, path: Path, audio_language: str | None = None) -> audio.AudioInfo: ...
 
     def blocks(
-        self, path: Path, audio_language: str | None = None, duration_s: float | None = None
+        self,
+        path: Path,
+        audio_language: str | None = None,
+        duration_s: float | None = None,
+        span: audio.SampleSpan | None = None,
     ) -> Iterator[np.ndarray]: ...
 
 
@@ -79,9 +83,13 @@ class InProcessDecoder:
         return audio.probe(path, audio_language)
 
     def blocks(
-        self, path: Path, audio_language: str | None = None, duration_s: float | None = None
+        self,
+        path: Path,
+        audio_language: str | None = None,
+        duration_s: float | None = None,
+        span: audio.SampleSpan | None = None,
     ) -> Iterator[np.ndarray]:
-        return audio.decode_blocks(path, block_s=BLOCK_S, audio_language=audio_language)
+        return audio.decode_blocks(path, block_s=BLOCK_S, audio_language=audio_language, span=span)
 
 
 def set_threads(threads: int | None) -> int:

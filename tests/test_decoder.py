@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -26,16 +27,20 @@ BLOCK_S = 1.0
 TONE_HZ = 440.0
 
 
-def hang(path: Path, block_s: float, audio_language: str | None) -> Iterator[np.ndarray]:
+def hang(
+    path: Path, block_s: float, audio_language: str | None, span: audio.SampleSpan | None
+) -> Iterator[np.ndarray]:
     """Decode target standing in for FFmpeg stuck in a loop: one block, then nothing, for ever."""
     yield np.zeros(round(block_s * audio.SAMPLE_RATE), dtype=np.float32)
     while True:
         time.sleep(60)
 
 
-def segfault(path: Path, block_s: float, audio_language: str | None) -> Iterator[np.ndarray]:
+def segfault(
+    path: Path, block_s: float, audio_language: str | None, span: audio.SampleSpan | None
+) -> Iterator[np.ndarray]:
     """Decode target standing in for FFmpeg crashing on a damaged WAV after its first block."""
-    blocks = audio.decode_blocks(path, block_s, audio_language)
+    blocks = audio.decode_blocks(path, block_s, audio_language, span)
     yield next(blocks)
     if path.suffix == ".wav":
         os.kill(os.getpid(), signal.SIGSEGV)
@@ -73,6 +78,25 @@ def assert_same_blocks(got: list[np.ndarray], expected: list[np.ndarray]) -> Non
 @pytest.mark.parametrize("kind", ["wav", "mp3"])
 def test_blocks_equal_in_process_decoding(decoder: DecoderProcess, files: dict[str, Path], kind: str):
     assert_same_blocks(list(decoder.blocks(files[kind])), in_process(files[kind]))
+
+
+@pytest.mark.parametrize("kind", ["wav", "mp3"])
+def test_spans_from_the_child_join_into_the_whole_file(
+    decoder: DecoderProcess, files: dict[str, Path], kind: str
+):
+    """Pieces as parallel decoders get them: the seek happens in the child, the blocks are the span's."""
+    path = files[kind]
+    whole = np.concatenate(in_process(path))
+    cuts = [0, 20011, 45001, None]  # past the one-second seek margin: the later pieces seek
+
+    pieces = [list(decoder.blocks(path, span=audio.SampleSpan(first, end))) for first, end in pairwise(cuts)]
+
+    for blocks, (first, end) in zip(pieces, pairwise(cuts), strict=True):
+        assert_same_blocks(
+            blocks, list(audio.decode_blocks(path, BLOCK_S, span=audio.SampleSpan(first, end)))
+        )
+    np.testing.assert_array_equal(np.concatenate([np.concatenate(blocks) for blocks in pieces]), whole)
+    assert list(decoder.blocks(path, span=audio.SampleSpan(whole.size + 1))) == []
 
 
 def test_probe_runs_in_the_child(decoder: DecoderProcess, files: dict[str, Path]):
