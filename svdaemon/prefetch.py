@@ -2,7 +2,8 @@
 
 While the engine works on one pool of speech, the next files are already being decoded and segmented,
 so the GPU does not wait for PyAV and silero between files. One core decodes MP3 at only a few hundred
-times realtime, so several files are prepared at once, one per decoder (each a process of its own).
+times realtime, so several files are prepared at once, as many as there are decoders (each a process of
+its own), and a long file alone uses the free decoders for pieces of itself (`decoder_pool`).
 What is prepared is held to `max_speech_s` of speech (a file's chunk is about `pipeline.FLUSH_SPEECH_S`);
 past that the threads wait for the engine.
 """
@@ -16,6 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from svdaemon.decoder_pool import DecoderPool, PooledDecoder
 from svdaemon.errors import DecodeError, SvdaemonError
 from svdaemon.jobs import Job
 from svdaemon.pipeline import Decoder, SpeechChunk
@@ -40,12 +42,13 @@ class _Cancelled(Exception):
 
 
 class Prefetcher:
-    """Prepares submitted jobs in submission order, one thread per decoder; `get` hands chunks on as they
-    are ready. A job's own chunks always come in order; with several decoders, jobs interleave."""
+    """Prepares submitted jobs in submission order, as many at once as there are decoders; `get` hands
+    chunks on as they are ready. A job's own chunks always come in order; with several decoders, jobs
+    interleave."""
 
     def __init__(self, chunks: ChunkSource, decoders: list[Decoder], max_speech_s: float = 1200.0) -> None:
         self._chunks = chunks
-        self._decoders = decoders
+        self._pool = DecoderPool(decoders)
         self._max_speech_s = max_speech_s
         self._condition = threading.Condition()
         self._todo: deque[Job] = deque()
@@ -57,8 +60,8 @@ class Prefetcher:
 
     def start(self) -> None:
         self._threads = [
-            threading.Thread(target=self._run, args=(decoder,), name=f"svdaemon-prefetch-{n}", daemon=True)
-            for n, decoder in enumerate(self._decoders)
+            threading.Thread(target=self._run, name=f"svdaemon-prefetch-{n}", daemon=True)
+            for n in range(self._pool.size)
         ]
         for thread in self._threads:
             thread.start()
@@ -113,14 +116,14 @@ class Prefetcher:
 
     # ---- the thread -----------------------------------------------------------------------------------
 
-    def _run(self, decoder: Decoder) -> None:
+    def _run(self) -> None:
         while True:
             with self._condition:
                 self._condition.wait_for(lambda: self._closing or bool(self._todo))
                 if self._closing:
                     return
                 job, generation = self._todo.popleft(), self._generation
-            self._prepare(job, generation, decoder)
+            self._prepare(job, generation, PooledDecoder(self._pool))
 
     def _prepare(self, job: Job, generation: int, decoder: Decoder) -> None:
         def checkpoint() -> None:
