@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up svdaemon in ./.venv on a fresh Debian/Ubuntu machine: system packages, then the Python ones.
-#   bash packaging/setup.sh          the daemon and its CLI
-#   bash packaging/setup.sh --test   plus what the tests use (espeak-ng speech, pytest, ruff, parsers)
+#   bash packaging/setup.sh          the daemon, its CLI and the tray icon (GTK / AppIndicator backends)
+#   bash packaging/setup.sh --test   plus what the tests use (espeak-ng speech, Xvfb and a tray host, D-Bus,
+#                                    desktop-file-validate, systemd-analyze, pytest, ruff, parsers)
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +16,20 @@ python3 -c 'import ensurepip, venv' 2>/dev/null || debs+=(python3-venv)
 command -v cc >/dev/null || debs+=(gcc)
 python3 -c 'import os, sysconfig; assert os.path.exists(sysconfig.get_paths()["include"] + "/Python.h")' \
   2>/dev/null || debs+=(python3-dev)
-[ $with_tests = 1 ] && ! command -v espeak-ng >/dev/null && debs+=(espeak-ng)
+# The tray's PyGObject is built by pip against GTK's introspection data; the icon shows through GTK or,
+# on GNOME and KDE, through AppIndicator.
+for deb in libgirepository1.0-dev libcairo2-dev pkg-config gir1.2-gtk-3.0 gir1.2-ayatanaappindicator3-0.1; do
+  dpkg -s "$deb" >/dev/null 2>&1 || debs+=("$deb")
+done
+if [ $with_tests = 1 ]; then
+  command -v espeak-ng >/dev/null || debs+=(espeak-ng)
+  command -v Xvfb >/dev/null || debs+=(xvfb)
+  command -v trayer >/dev/null || debs+=(trayer)
+  command -v dbus-run-session >/dev/null || debs+=(dbus)
+  command -v dbus-launch >/dev/null || debs+=(dbus-x11)
+  command -v desktop-file-validate >/dev/null || debs+=(desktop-file-utils)
+  command -v systemd-analyze >/dev/null || debs+=(systemd)
+fi
 if [ ${#debs[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
@@ -25,7 +39,7 @@ if [ ${#debs[@]} -gt 0 ]; then
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
-extra=""
-[ $with_tests = 1 ] && extra="[test]"
+extra="[desktop]"
+[ $with_tests = 1 ] && extra="[desktop,test]"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extra}"
 echo "setup: svdaemon installed in $(pwd)/.venv"
