@@ -20,7 +20,7 @@ import socket
 import stat
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 from svdaemon.errors import StartupError, SvdaemonError
@@ -87,6 +87,16 @@ class Command:
 
 
 @dataclass(frozen=True)
+class DeviceChoice:
+    """A device the daemon could run on, as the tray's Device menu offers it."""
+
+    name: str  # "cuda:0" or "cpu": what `svdaemon device NAME` takes
+    label: str  # "NVIDIA GeForce RTX 4090", "CPU"
+    free_mb: int | None = None  # None where it cannot be read without disturbing the card
+    total_mb: int | None = None
+
+
+@dataclass(frozen=True)
 class StatusSnapshot:
     """What the daemon is doing now, as the CLI and the tray show it. Times are seconds (epoch for start)."""
 
@@ -110,6 +120,9 @@ class StatusSnapshot:
     notice: str | None = (
         None  # something the user should know that is not an error (half precision fell back)
     )
+    devices: tuple[DeviceChoice, ...] = ()  # where `svdaemon device NAME` can move it: each GPU, then the CPU
+    watch: tuple[str, ...] = ()  # the watched folders
+    log_file: str | None = None
 
     def to_json(self) -> dict[str, object]:
         """A JSON-ready dict with stable keys (the field names); `state` as its string value."""
@@ -122,14 +135,16 @@ class StatusSnapshot:
         """Read `to_json`'s dict; keys a newer daemon added are ignored so an older client still reads it."""
         if not isinstance(data, Mapping):
             raise ControlError(f"status snapshot is not an object: {data!r}")
-        names = {f.name for f in fields(cls)}
-        missing = sorted(names - data.keys())
+        required = {f.name for f in fields(cls) if f.default is MISSING}
+        missing = sorted(required - data.keys())
         if missing:
             raise ControlError(f"status snapshot lacks {', '.join(missing)}")
-        values = {name: data[name] for name in names}
+        values = {f.name: data[f.name] for f in fields(cls) if f.name in data}  # an older daemon's lacks some
         try:
             values["state"] = DaemonState(values["state"])
             values["queue"] = {str(state): int(count) for state, count in dict(values["queue"]).items()}
+            values["devices"] = tuple(DeviceChoice(**device) for device in values.get("devices", ()))
+            values["watch"] = tuple(str(folder) for folder in values.get("watch", ()))
         except (ValueError, TypeError) as exc:
             raise ControlError(f"status snapshot is malformed: {exc}") from exc
         return cls(**values)

@@ -16,16 +16,21 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from svdaemon import __version__
 from svdaemon.config import Config, load_config
-from svdaemon.control import Command, ControlServer, DaemonState, Reply, StatusSnapshot
+from svdaemon.control import Command, ControlServer, DaemonState, DeviceChoice, Reply, StatusSnapshot
 from svdaemon.errors import StartupError, SvdaemonError
 from svdaemon.fingerprint import Fingerprint
+from svdaemon.gpus import free_mb, visible_gpus
 from svdaemon.jobs import EnqueueResult, JobQueue
 from svdaemon.owner import current_owner
 from svdaemon.sidecars import HashStore, sweep_temp_files
 from svdaemon.watcher import FolderWatcher
+
+if TYPE_CHECKING:
+    from svdaemon.engine import VramReading
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +212,20 @@ class Daemon:
             version=__version__,
             vram_free_mb=vram.free_mb if vram else None,
             notice=engine.notice if engine else None,
+            devices=self._devices(engine.device if engine else None, vram),
+            watch=tuple(os.fsdecode(root.path) for root in self.config.watch),
+            log_file=os.fsdecode(self.config.state_dir / LOG_FILE),
         )
+
+    @staticmethod
+    def _devices(current: str | None, vram: VramReading | None) -> tuple[DeviceChoice, ...]:
+        """Each GPU with its free memory (NVML, or the engine's own reading for its card), then the CPU."""
+        gpus = visible_gpus()
+        free = free_mb(gpus)
+        if vram is not None and current is not None:
+            free.setdefault(current, vram.free_mb)
+        choices = [DeviceChoice(gpu.name, gpu.label, free.get(gpu.name), gpu.total_mb) for gpu in gpus]
+        return (*choices, DeviceChoice("cpu", "CPU"))
 
     def handle(self, command: Command) -> Reply:
         worker = getattr(self, "worker", None)

@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from svdaemon.control import Command, DaemonState, Reply, StatusSnapshot
+from svdaemon.control import Command, DaemonState, DeviceChoice, Reply, StatusSnapshot
 
 SNAPSHOT = StatusSnapshot(
     state=DaemonState.WORKING,
@@ -28,6 +28,13 @@ SNAPSHOT = StatusSnapshot(
     version="0.1.0",
     vram_free_mb=5000,
     notice="fp16 on cuda:0 is unsafe for this model (non-finite logits, limit 0.05); running in fp32",
+    devices=(
+        DeviceChoice("cuda:0", "NVIDIA GeForce RTX 4070", free_mb=5000, total_mb=8192),
+        DeviceChoice("cuda:1", "NVIDIA GeForce RTX 3090", free_mb=23000, total_mb=24576),
+        DeviceChoice("cpu", "CPU"),
+    ),
+    watch=("/home/u/Transcribe", "/home/u/Lectures"),
+    log_file="/home/u/.local/state/svdaemon/svdaemon.log",
 )
 
 

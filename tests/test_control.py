@@ -43,6 +43,14 @@ def test_snapshot_json_round_trip_ignores_unknown_keys() -> None:
     assert StatusSnapshot.from_json(data) == SNAPSHOT
 
 
+def test_snapshot_from_an_older_daemon_without_the_newer_fields_still_reads() -> None:
+    data = SNAPSHOT.to_json()
+    for newer in ("devices", "watch", "log_file", "notice"):
+        del data[newer]
+    older = StatusSnapshot.from_json(data)
+    assert older.devices == () and older.watch == () and older.log_file is None
+
+
 def test_snapshot_missing_key_is_a_clear_error() -> None:
     data = SNAPSHOT.to_json()
     del data["device"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -69,6 +70,9 @@ def test_a_dropped_file_gets_its_sidecars_and_sigterm_stops_cleanly(setup, daemo
     latency_s = time.monotonic() - dropped_at
     status = svdaemon("status", "--config", str(config))
     assert status.returncode == 0 and "1 done" in status.stdout, (status.stdout, latency_s)
+    shown = json.loads(svdaemon("status", "--json", "--config", str(config)).stdout)
+    assert shown["devices"][-1] == {"name": "cpu", "label": "CPU", "free_mb": None, "total_mb": None}
+    assert shown["watch"] == [str(inbox)] and Path(shown["log_file"]).is_file()
 
     moved = svdaemon("device", "cpu", "--config", str(config))
     assert moved.returncode == 0 and "moving to cpu after the current batch" in moved.stdout, moved
