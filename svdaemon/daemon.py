@@ -3,6 +3,9 @@
 No business logic lives here: the watcher finds settled files, the queue keeps them, the worker runs
 them, control answers the CLI. This module starts and stops those in the right order, holds the
 single-instance lock, and turns signals into a clean stop (SIGTERM, SIGINT) or a config reload (SIGHUP).
+Under systemd it speaks the notify protocol (`sd_notify`): READY=1 once the queue is recovered, and
+WATCHDOG=1 only while the worker moves (`heartbeat`). It keeps the tray icon's process running beside it
+(`supervise`).
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ import logging
 import logging.handlers
 import os
 import signal
+import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,16 +31,21 @@ from svdaemon.fingerprint import Fingerprint
 from svdaemon.gpus import free_mb, visible_gpus
 from svdaemon.jobs import EnqueueResult, JobQueue
 from svdaemon.owner import current_owner
+from svdaemon.sd_notify import Notifier
 from svdaemon.sidecars import HashStore, sweep_temp_files
+from svdaemon.supervise import Supervised
 from svdaemon.watcher import FolderWatcher
 
 if TYPE_CHECKING:
     from svdaemon.engine import VramReading
+    from svdaemon.worker import Worker
 
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_STARTUP, EXIT_LOCKED = 0, 2, 75
 STOP_TIMEOUT_S = 10.0
+START_STEP_S = 90.0  # more start-up time asked of systemd for each slow step before READY=1
+MAIN_LOOP_LIMIT_S = 30.0  # the main loop turns every 0.2 s; this long without a turn is a hang
 LOG_FILE, LOG_BYTES, LOG_BACKUPS = "svdaemon.log", 5 * 2**20, 3
 
 
@@ -57,6 +67,13 @@ def hold_lock(state_dir: Path) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+def wants_tray(setting: str, environ: Mapping[str, str]) -> bool:
+    """`on`, or `auto` where there is a display to show it on."""
+    return setting == "on" or (
+        setting == "auto" and bool(environ.get("DISPLAY") or environ.get("WAYLAND_DISPLAY"))
+    )
 
 
 def decoder_count(cores: int | None = None) -> int:
@@ -93,6 +110,10 @@ class Daemon:
         self._stop = threading.Event()
         self._reload = threading.Event()
         self.state = DaemonState.LOADING
+        self.notifier = Notifier.from_environment()
+        self.worker: Worker | None = None
+        self.tray: Supervised | None = None
+        self._turned_at = time.monotonic()  # the main loop's last turn, for the watchdog
 
     def run(self) -> int:
         from svdaemon.decoder import DecoderProcess
@@ -106,14 +127,25 @@ class Daemon:
             return EXIT_LOCKED
         try:
             log_to_file(self.config.state_dir)
+            self._install_signals()
+            self.notifier.extend_timeout(START_STEP_S, "removing temporary files left by a stopped daemon")
             sweep_temp_files(self.config.state_dir)
             HashStore(self.config.state_dir).sweep()
-            self._install_signals()
+            self.notifier.extend_timeout(START_STEP_S, "opening the queue")
             self.queue = JobQueue.open(self.config.state_dir)
             recovered = self.queue.recover()
             if recovered:
                 log.info("%d job(s) left running by a stopped daemon are queued again", recovered)
+            self.notifier.ready("queue recovered; loading the model")
             with contextlib.ExitStack() as stack:
+                if self.notifier.watchdog_s:
+                    feeder = threading.Thread(
+                        target=self._feed_watchdog, name="svdaemon-watchdog", daemon=True
+                    )
+                    feeder.start()
+                    stack.callback(feeder.join)
+                # Runs first on the way out, however the block is left: it ends the feeder before the join.
+                stack.callback(self._stop.set)
                 stack.enter_context(ControlServer(self.config.state_dir, self.snapshot, self.handle))
                 decoders = [
                     stack.enter_context(DecoderProcess(block_s=BLOCK_S)) for _ in range(decoder_count())
@@ -123,6 +155,7 @@ class Daemon:
                 self.watcher = self._watcher(self.config)
                 self.worker.start()
                 self.watcher.start()
+                self.tray = self._start_tray()
                 self.state = DaemonState.IDLE
                 log.info(
                     "svdaemon %s on %s, watching %d folder(s)",
@@ -132,6 +165,9 @@ class Daemon:
                 )
                 self._serve()
                 self.state = DaemonState.STOPPING
+                self.notifier.stopping()
+                if self.tray is not None:
+                    self.tray.stop()
                 self.watcher.stop()
                 if not self.worker.stop(STOP_TIMEOUT_S):
                     log.warning("the worker did not stop within %.0f s", STOP_TIMEOUT_S)
@@ -147,9 +183,45 @@ class Daemon:
 
     def _serve(self) -> None:
         while not self._stop.wait(0.2):
+            self._turned_at = time.monotonic()
             if self._reload.is_set():
                 self._reload.clear()
                 self._reload_config()
+            if self.tray is not None:
+                self.tray.poll()
+
+    def _start_tray(self) -> Supervised | None:
+        """`svdaemon tray` beside the daemon when `tray` is on, or auto with a display."""
+        if not wants_tray(self.config.tray, os.environ):
+            return None
+        config = ["--config", os.fsdecode(self.config_path)] if self.config_path else []
+        tray = Supervised("the tray icon", [sys.executable, "-m", "svdaemon.cli", "tray", *config])
+        tray.start()
+        return tray
+
+    def _feed_watchdog(self) -> None:
+        """WATCHDOG=1 every half interval while the daemon is well; when it is not, silence makes systemd
+        restart it (`Restart=on-failure`)."""
+        reported = None
+        while not self._stop.wait(self.notifier.watchdog_s / 2):
+            why = self._unwell()
+            if why is None:
+                self.notifier.alive()
+            elif why != reported:
+                log.error("%s; no longer telling systemd's watchdog that svdaemon is alive", why)
+            reported = why
+
+    def _unwell(self) -> str | None:
+        """Why the daemon is not working as it should, or None. Loading the model is not unwell: it ends
+        or fails by itself."""
+        if self.worker is None:
+            return None
+        if not self.worker.alive:
+            return "the worker thread has ended"
+        silent_s = time.monotonic() - self._turned_at
+        if silent_s > MAIN_LOOP_LIMIT_S:
+            return f"the main loop has not turned for {silent_s:.0f} s"
+        return self.worker.heartbeat.stuck()
 
     def _watcher(self, config: Config) -> FolderWatcher:
         return FolderWatcher(
@@ -182,7 +254,7 @@ class Daemon:
     # ---- control --------------------------------------------------------------------------------------
 
     def snapshot(self) -> StatusSnapshot:
-        worker = getattr(self, "worker", None)
+        worker = self.worker
         current = worker.current if worker else None
         pause_reason = worker.pause_reason if worker else None
         paused = pause_reason is not None
@@ -228,7 +300,7 @@ class Daemon:
         return (*choices, DeviceChoice("cpu", "CPU"))
 
     def handle(self, command: Command) -> Reply:
-        worker = getattr(self, "worker", None)
+        worker = self.worker
         if command.name == "quit":
             self._stop.set()
             return Reply(True, "stopping")

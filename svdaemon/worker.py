@@ -29,6 +29,7 @@ from svdaemon.errors import (
     SvdaemonError,
 )
 from svdaemon.fingerprint import Fingerprint
+from svdaemon.heartbeat import Heartbeat
 from svdaemon.jobs import ErrorKind, Job, JobQueue, JobState
 from svdaemon.memory import MB, should_yield
 from svdaemon.pipeline import Decoder, Pipeline
@@ -125,6 +126,7 @@ class Worker:
         self._active: dict[int, _Active] = {}  # claimed jobs by id, in claim order
         self._held: Ready | None = None  # a ready chunk kept for the next pool (another language)
         self.usage = EngineUsage()
+        self.heartbeat = Heartbeat()  # beaten at every step; the daemon feeds systemd's watchdog from it
 
     # ---- control --------------------------------------------------------------------------------------
 
@@ -180,8 +182,14 @@ class Worker:
 
     # ---- work -----------------------------------------------------------------------------------------
 
+    @property
+    def alive(self) -> bool:
+        """The thread runs (an exception that escaped it would have ended it)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def _loop(self) -> None:
         while not self._stopping.is_set():
+            self.heartbeat.beat()
             if not self.paused:
                 self._between_batches()
                 if self.yielding is None and self.run_once():
@@ -226,6 +234,7 @@ class Worker:
                 log.warning("%s; svdaemon steps aside until it is back", self._short_of_vram)
             if self._stopping.wait(YIELD_POLL_S) or self._device_request is not None:
                 return
+            self.heartbeat.beat()
             reading = engine.vram()
         if self._short_of_vram is not None:
             log.info("GPU memory is back (%d MB free); going on", reading.free_mb if reading else 0)
@@ -339,6 +348,7 @@ class Worker:
         batches. Waits for the first; a preparation error is recorded for its job on the way."""
         pool: list[Ready] = []
         while not self._stopping.is_set():
+            self.heartbeat.beat()
             ready = self._next_ready(PAUSE_POLL_S if not pool else 0)
             if ready is None:
                 if pool or not self._active:
@@ -442,12 +452,14 @@ class Worker:
         span = first.chunk.to_s - first.chunk.from_s
 
         def report(fraction: float) -> None:
+            self.heartbeat.beat()
             self.current = CurrentFile(
                 lead.job.path, first.chunk.from_s + fraction * span, first.chunk.duration_s
             )
             self._between_batches()
             while self.paused and not self._stopping.is_set():
                 self._stopping.wait(PAUSE_POLL_S)
+                self.heartbeat.beat()
             if self._stopping.is_set():
                 raise _Leaving
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -112,3 +113,43 @@ def test_files_are_decoded_in_parallel_on_machines_with_cores_to_spare():
     from svdaemon.daemon import decoder_count
 
     assert [decoder_count(cores) for cores in (1, 2, 4, 8, 16, 64)] == [1, 1, 1, 2, 4, 4]
+
+
+def test_under_systemd_it_reports_ready_feeds_the_watchdog_and_says_it_stops(setup, tmp_path):
+    """A real NOTIFY_SOCKET datagram socket, as systemd gives a Type=notify service; tray: on without a
+    display, so the tray process exits 2 and the daemon goes on headless."""
+    config, _ = setup
+    config.write_text(config.read_text() + "tray: on\n")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(tmp_path / "notify.sock"))
+    listener.settimeout(60)
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    env |= {"NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "1000000"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "svdaemon.cli", "run", "--config", str(config)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        messages = []
+        while messages.count("WATCHDOG=1") < 3:
+            messages += listener.recv(4096).decode().splitlines()
+        assert messages[0].startswith("EXTEND_TIMEOUT_USEC=")
+        assert messages.index("READY=1") < messages.index("WATCHDOG=1")
+        log_file = tmp_path / "state" / "svdaemon.log"
+        headless = "the tray icon: it cannot run here (no display or no tray support)"
+        assert wait_for(lambda: headless in log_file.read_text(), 60)
+        pings = messages.count("WATCHDOG=1")
+        while messages.count("WATCHDOG=1") < pings + 2:  # the worker runs: the watchdog is still fed
+            messages += listener.recv(4096).decode().splitlines()
+        process.send_signal(signal.SIGTERM)
+        while "STOPPING=1" not in messages:
+            messages += listener.recv(4096).decode().splitlines()
+        assert process.wait(timeout=15) == 0
+    finally:
+        listener.close()
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=30)
