@@ -218,7 +218,9 @@ def scored_alone(network: VadNetwork, tracks: list[np.ndarray]) -> list[np.ndarr
 @pytest.mark.integration
 def test_streams_scored_at_once_share_model_calls_and_keep_their_own_results(network):
     tracks = [make_speech_track(70 + 10 * n, 0.3, seed=20 + n).samples for n in range(4)]
+    calls_before = network.calls
     alone = scored_alone(network, tracks)
+    calls_alone = network.calls - calls_before
     results: dict[int, np.ndarray] = {}
 
     def score(index: int) -> None:
@@ -234,7 +236,8 @@ def test_streams_scored_at_once_share_model_calls_and_keep_their_own_results(net
         assert wait_for(lambda: len(network._waiting) == len(tracks), 10)
     for thread in threads:
         thread.join()
-    assert network.calls - calls_before < 2 * len(tracks)  # each stream alone needs 2 calls
+    # The four first calls were one; later ones meet or not, as the threads' timing has it.
+    assert network.calls - calls_before <= calls_alone - (len(tracks) - 1)
     for index, probs in enumerate(alone):
         assert np.abs(results[index] - probs).max() < 1e-5, index
 
