@@ -161,6 +161,14 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
     return Daemon(config, args.config).run()
 
 
+def cmd_service(args: argparse.Namespace, config: Config) -> int:
+    from svdaemon import service
+
+    return service.main(
+        args.action, kind=args.kind, enable=args.enable, config_path=args.config, state_dir=config.state_dir
+    )
+
+
 # ---- the queue and the running daemon (no torch: these answer within a second) ----------------------
 
 EXIT_NO_DAEMON = 3
@@ -351,6 +359,12 @@ def build_parser() -> argparse.ArgumentParser:
     bump = commands.add_parser("bump", parents=[common], help="move files to the front of the queue")
     bump.add_argument("paths", nargs="+", metavar="PATH")
     bump.set_defaults(handler=cmd_bump)
+
+    service = commands.add_parser("service", parents=[common], help="start svdaemon at login")
+    service.add_argument("action", choices=["install", "uninstall", "status"])
+    service.add_argument("--kind", choices=["systemd", "autostart", "launchd", "windows"])
+    service.add_argument("--enable", action="store_true", help="also enable and start it now")
+    service.set_defaults(handler=cmd_service)
     return parser
 
 
