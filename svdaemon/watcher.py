@@ -55,6 +55,7 @@ _NETWORK_FS = frozenset({
 _MOUNT_ESCAPE = re.compile(r"\\([0-7]{3})")
 # watchdog reports inotify overflow and failed re-watching only as log records below this logger.
 _WATCHDOG_LOGGER = "watchdog.observers"
+SCAN_REPORT_EVERY = 1000  # recordings between updates of `FolderWatcher.scanning`
 
 StatFn = Callable[[str], os.stat_result]
 ListdirFn = Callable[[str], Iterable[str]]
@@ -304,6 +305,7 @@ class FolderWatcher:
         self._tick_s = tick_s
         self._read_mounts = read_mounts
         self._tracker = SettleTracker(settle_s, clock)
+        self.scanning: str | None = None  # while a full scan runs: where, and how far (systemd's STATUS=)
         self._lock = threading.Lock()
         self._file_hints: set[Path] = set()
         self._folder_hints: set[Path] = set()
@@ -387,6 +389,9 @@ class FolderWatcher:
         for path, st in scan_root(root, self._output_dirs, under=under):
             seen.add(path)
             self._tracker.observe(path, st)
+            if under is None and len(seen) % SCAN_REPORT_EVERY == 0:
+                self.scanning = f"scanning {root.path}: {len(seen):,} recordings so far"
+        self.scanning = None
         if under is None:
             self._tracker.forget_missing(root.path, seen)
             log.debug(

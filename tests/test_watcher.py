@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from watchdog.observers import inotify_c
 
+from svdaemon import watcher as watcher_module
 from svdaemon.config import WatchRoot
 from svdaemon.watcher import (
     FolderWatcher,
@@ -494,3 +495,24 @@ def test_a_dropped_file_with_a_non_utf8_name_is_reported(tmp_path: Path, watch) 
     name = os.fsdecode(b"r\xe9union.wav")
     write(root / name)
     settle_then(reports, [root / name])
+
+
+@pytest.mark.integration
+def test_a_full_scan_says_how_far_it_got_and_then_nothing(tmp_path: Path, monkeypatch) -> None:
+    root = tmp_path / "in"
+    for i in range(5):
+        write(root / f"rec{i}.wav")
+    monkeypatch.setattr(watcher_module, "SCAN_REPORT_EVERY", 2)
+    watcher = FolderWatcher([WatchRoot(root)], [], Reports(), settle_s=0.3, rescan_interval_s=60.0)
+    seen: list[str | None] = []
+    observe = watcher._tracker.observe  # private, as `_scan`: the only place a scan in progress shows
+
+    def observing(path, st):
+        seen.append(watcher.scanning)
+        observe(path, st)
+
+    monkeypatch.setattr(watcher._tracker, "observe", observing)
+    watcher._scan(WatchRoot(root))
+    two, four = (f"scanning {root}: {n} recordings so far" for n in (2, 4))
+    assert seen == [None, None, two, two, four]
+    assert watcher.scanning is None
