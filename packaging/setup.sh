@@ -18,7 +18,9 @@ python3 -c 'import os, sysconfig; assert os.path.exists(sysconfig.get_paths()["i
   2>/dev/null || debs+=(python3-dev)
 # The tray's PyGObject is built by pip against GTK's introspection data; the icon shows through GTK or,
 # on GNOME and KDE, through AppIndicator.
-for deb in libgirepository1.0-dev libcairo2-dev pkg-config gir1.2-gtk-3.0 gir1.2-ayatanaappindicator3-0.1; do
+# xdg-utils: xdg-open, for the menu's Open items.
+for deb in libgirepository1.0-dev libcairo2-dev pkg-config gir1.2-gtk-3.0 gir1.2-ayatanaappindicator3-0.1 \
+  xdg-utils; do
   dpkg -s "$deb" >/dev/null 2>&1 || debs+=("$deb")
 done
 if [ $with_tests = 1 ]; then
@@ -27,6 +29,7 @@ if [ $with_tests = 1 ]; then
   command -v trayer >/dev/null || debs+=(trayer)
   command -v dbus-run-session >/dev/null || debs+=(dbus)
   command -v dbus-launch >/dev/null || debs+=(dbus-x11)
+  command -v dunst >/dev/null || debs+=(dunst)  # a real notification server for the tray's notices
   command -v desktop-file-validate >/dev/null || debs+=(desktop-file-utils)
   command -v systemd-analyze >/dev/null || debs+=(systemd)
 fi

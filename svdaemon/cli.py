@@ -161,6 +161,12 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
     return Daemon(config, args.config).run()
 
 
+def cmd_tray(args: argparse.Namespace, config: Config) -> int:
+    from svdaemon.tray import main as tray_main
+
+    return tray_main(config, sys.stderr)
+
+
 def cmd_service(args: argparse.Namespace, config: Config) -> int:
     from svdaemon import service
 
@@ -360,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     bump.add_argument("paths", nargs="+", metavar="PATH")
     bump.set_defaults(handler=cmd_bump)
 
+    tray = commands.add_parser("tray", parents=[common], help="the tray icon of the running daemon")
+    tray.set_defaults(handler=cmd_tray)
+
     service = commands.add_parser("service", parents=[common], help="start svdaemon at login")
     service.add_argument("action", choices=["install", "uninstall", "status"])
     service.add_argument("--kind", choices=["systemd", "autostart", "launchd", "windows"])
@@ -370,7 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.verbose + (1 if args.command == "run" else 0))  # the daemon says what it does
+    setup_logging(
+        args.verbose + (1 if args.command in ("run", "tray") else 0)
+    )  # long-lived: say what it does
     try:
         config = load_config(
             args.config, _transcribe_overrides(args) if args.command == "transcribe" else None

@@ -123,6 +123,7 @@ class StatusSnapshot:
     devices: tuple[DeviceChoice, ...] = ()  # where `svdaemon device NAME` can move it: each GPU, then the CPU
     watch: tuple[str, ...] = ()  # the watched folders
     log_file: str | None = None
+    pause_kind: str | None = None  # why it stands aside, for the tray's icon: user, vram or no_device
 
     def to_json(self) -> dict[str, object]:
         """A JSON-ready dict with stable keys (the field names); `state` as its string value."""

@@ -34,6 +34,7 @@ from svdaemon.owner import current_owner
 from svdaemon.sd_notify import Notifier
 from svdaemon.sidecars import HashStore, sweep_temp_files
 from svdaemon.supervise import Supervised
+from svdaemon.tray_menu import title
 from svdaemon.watcher import FolderWatcher
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ EXIT_OK, EXIT_STARTUP, EXIT_LOCKED = 0, 2, 75
 STOP_TIMEOUT_S = 10.0
 START_STEP_S = 90.0  # more start-up time asked of systemd for each slow step before READY=1
 MAIN_LOOP_LIMIT_S = 30.0  # the main loop turns every 0.2 s; this long without a turn is a hang
+STATUS_EVERY_S = 2.0  # how often systemd's STATUS= line is brought up to date (when it changed)
 LOG_FILE, LOG_BYTES, LOG_BACKUPS = "svdaemon.log", 5 * 2**20, 3
 
 
@@ -71,9 +73,9 @@ def hold_lock(state_dir: Path) -> int:
 
 def wants_tray(setting: str, environ: Mapping[str, str]) -> bool:
     """`on`, or `auto` where there is a display to show it on."""
-    return setting == "on" or (
-        setting == "auto" and bool(environ.get("DISPLAY") or environ.get("WAYLAND_DISPLAY"))
-    )
+    from svdaemon.tray import display_available
+
+    return setting == "on" or (setting == "auto" and display_available(environ))
 
 
 def decoder_count(cores: int | None = None) -> int:
@@ -182,6 +184,7 @@ class Daemon:
         signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
 
     def _serve(self) -> None:
+        said, said_at = None, 0.0
         while not self._stop.wait(0.2):
             self._turned_at = time.monotonic()
             if self._reload.is_set():
@@ -189,6 +192,12 @@ class Daemon:
                 self._reload_config()
             if self.tray is not None:
                 self.tray.poll()
+            if self.notifier.active and self._turned_at - said_at >= STATUS_EVERY_S:
+                said_at = self._turned_at
+                text = self.watcher.scanning or title(self.snapshot())
+                if text != said:
+                    self.notifier.status(text)
+                    said = text
 
     def _start_tray(self) -> Supervised | None:
         """`svdaemon tray` beside the daemon when `tray` is on, or auto with a display."""
@@ -278,6 +287,7 @@ class Daemon:
             vram_total_mb=vram.total_mb if vram else None,
             paused=paused,
             pause_reason=pause_reason,
+            pause_kind=worker.pause_kind if worker else None,
             last_error=worker.last_error if worker else None,
             pid=os.getpid(),
             started_at_s=self.started_at_s,

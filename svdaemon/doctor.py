@@ -57,6 +57,7 @@ def report(config: Config, config_path: Path | None) -> tuple[list[str], bool]:
     import av
 
     from svdaemon.engine import resolve_device
+    from svdaemon.tray import describe_backend
 
     lines = [
         f"svdaemon {_version('svdaemon')} on Python {platform.python_version()} ({platform.platform()})",
@@ -78,4 +79,5 @@ def report(config: Config, config_path: Path | None) -> tuple[list[str], bool]:
     lines.append(model_line)
     healthy = healthy and model_ok
     lines.append(f"state: {config.state_dir}")
+    lines.append(describe_backend())
     return lines, healthy

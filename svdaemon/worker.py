@@ -140,6 +140,15 @@ class Worker:
         return self._no_device or self._short_of_vram
 
     @property
+    def pause_kind(self) -> str | None:
+        """`user`, `vram` (another program needs the card's memory) or `no_device`; None while it runs."""
+        if self.paused:
+            return "user"
+        if self._no_device:
+            return "no_device"
+        return "vram" if self._short_of_vram else None
+
+    @property
     def pause_reason(self) -> str | None:
         """`user`, or the worker's own reason for standing aside (another program needs VRAM, no GPU)."""
         return "user" if self.paused else self.yielding

@@ -115,6 +115,12 @@ def test_files_are_decoded_in_parallel_on_machines_with_cores_to_spare():
     assert [decoder_count(cores) for cores in (1, 2, 4, 8, 16, 64)] == [1, 1, 1, 2, 4, 4]
 
 
+def receive(listener: socket.socket, messages: list[str]) -> list[str]:
+    """Add the next datagram's lines to `messages`, and return them all."""
+    messages += listener.recv(4096).decode().splitlines()
+    return messages
+
+
 def test_under_systemd_it_reports_ready_feeds_the_watchdog_and_says_it_stops(setup, tmp_path):
     """A real NOTIFY_SOCKET datagram socket, as systemd gives a Type=notify service; tray: on without a
     display, so the tray process exits 2 and the daemon goes on headless."""
@@ -135,7 +141,7 @@ def test_under_systemd_it_reports_ready_feeds_the_watchdog_and_says_it_stops(set
     try:
         messages = []
         while messages.count("WATCHDOG=1") < 3:
-            messages += listener.recv(4096).decode().splitlines()
+            receive(listener, messages)
         assert messages[0].startswith("EXTEND_TIMEOUT_USEC=")
         assert messages.index("READY=1") < messages.index("WATCHDOG=1")
         log_file = tmp_path / "state" / "svdaemon.log"
@@ -143,10 +149,13 @@ def test_under_systemd_it_reports_ready_feeds_the_watchdog_and_says_it_stops(set
         assert wait_for(lambda: headless in log_file.read_text(), 60)
         pings = messages.count("WATCHDOG=1")
         while messages.count("WATCHDOG=1") < pings + 2:  # the worker runs: the watchdog is still fed
-            messages += listener.recv(4096).decode().splitlines()
+            receive(listener, messages)
+        assert wait_for(
+            lambda: any(m.startswith("STATUS=svdaemon — idle") for m in receive(listener, messages)), 30
+        )
         process.send_signal(signal.SIGTERM)
         while "STOPPING=1" not in messages:
-            messages += listener.recv(4096).decode().splitlines()
+            receive(listener, messages)
         assert process.wait(timeout=15) == 0
     finally:
         listener.close()
