@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from svdaemon.config import Config
+from svdaemon.daemon import Daemon
+from svdaemon.heartbeat import STUCK_FLOOR_S, Heartbeat
+from svdaemon.sd_notify import Notifier
 from svdaemon.synthetic_speech import build_track
 
 from doubles import wait_for
@@ -162,3 +169,51 @@ def test_under_systemd_it_reports_ready_feeds_the_watchdog_and_says_it_stops(set
         if process.poll() is None:
             process.kill()
         process.communicate(timeout=30)
+
+
+class StuckClock:
+    """A clock the test moves: the worker's heartbeat then reads as silent for as long as it likes."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_watchdog_is_fed_while_the_worker_moves_and_starves_when_it_is_stuck(tmp_path, caplog):
+    """The daemon's feeder against a real notify socket; the worker is a stand-in whose heartbeat runs on
+    a test clock, because a real hang (a GPU driver that never returns) cannot be made here."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(tmp_path / "notify.sock"))
+    listener.settimeout(0.5)
+    clock = StuckClock()
+    daemon = Daemon(Config(state_dir=tmp_path), None)
+    daemon.notifier = Notifier(str(tmp_path / "notify.sock"), watchdog_usec=100_000)
+    daemon.worker = SimpleNamespace(alive=True, heartbeat=Heartbeat(clock))
+    daemon._turned_at = float("inf")  # the main loop counts as turning
+    feeder = threading.Thread(target=daemon._feed_watchdog)
+    feeder.start()
+    try:
+        assert receive(listener, []) == ["WATCHDOG=1"]
+        clock.now += STUCK_FLOOR_S + 1
+        time.sleep(0.2)
+        drain(listener)
+        with pytest.raises(TimeoutError):
+            listener.recv(4096)  # stuck: nothing for 0.5 s, five intervals
+        assert "the worker has not moved for 301 s" in caplog.text
+        daemon.worker.heartbeat.beat()
+        assert receive(listener, []) == ["WATCHDOG=1"]
+    finally:
+        daemon._stop.set()
+        feeder.join()
+        listener.close()
+
+
+def drain(listener: socket.socket) -> None:
+    """Drop the datagrams already waiting (sent before the worker stuck)."""
+    listener.setblocking(False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            listener.recv(4096)
+    listener.settimeout(0.5)
