@@ -226,6 +226,7 @@ class VadNetwork:
         self._network = model._model
         self.context = int(self._network.context_size_samples)
         self._device = "cpu"
+        self._failed_on: str | None = None  # the device VAD failed on, kept off until another is asked for
         self._waiting: list[_RowRequest] = []
         self._waiting_lock = threading.Lock()
         self._running = threading.Lock()  # one model call at a time; its holder takes everything waiting
@@ -238,10 +239,12 @@ class VadNetwork:
         return self._device
 
     def move_to(self, device: str) -> None:
-        """Run on `device` from the next call on (the engine's device while its model is loaded)."""
-        if device == self._device:
+        """Run on `device` from the next call on (the engine's device while its model is loaded); a device
+        where VAD failed is not used again, unless another was asked for in between."""
+        if device in (self._device, self._failed_on):
             return  # the common case, without waiting for a running call
         with self._running:
+            self._failed_on = None
             if device != self._device:
                 self._network.to(torch.device(device))
                 self._device = device
@@ -277,9 +280,9 @@ class VadNetwork:
                 for request in batch:
                     request.error = error
                 return
-            log.warning("VAD on %s failed (%s); it runs on the CPU from now on", self._device, error)
+            log.warning("VAD on %s failed (%s); it runs on the CPU instead", self._device, error)
             self._network.to(torch.device("cpu"))
-            self._device = "cpu"
+            self._failed_on, self._device = self._device, "cpu"
             probs = self._run_rows(rows, cold)
         for start, request in zip(starts, batch, strict=True):
             request.probs = probs[start : start + len(request.rows)].reshape(-1)

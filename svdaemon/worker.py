@@ -222,8 +222,8 @@ class Worker:
 
     def unload(self) -> None:
         """Give the device back entirely: the model's weights and the VAD's; the next job loads them again."""
+        self.pipeline.vad.move_to("cpu")  # first: the engine's unload then also returns the cache VAD leaves
         self.pipeline.engine.unload()
-        self._place_vad()
 
     def _between_batches(self) -> None:
         """Where a device switch happens and where the worker steps aside while the card is short of memory."""

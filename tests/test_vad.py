@@ -262,6 +262,8 @@ def test_a_failing_gpu_leaves_vad_on_the_cpu_with_a_warning(model, monkeypatch, 
     assert network.device == "cpu"
     assert np.array_equal(probs, expected)
     assert "VAD on cuda:0 failed" in caplog.text and "illegal memory access" in caplog.text
+    network.move_to("cuda:0")  # the worker places VAD with the engine before every pool: it stays off
+    assert network.device == "cpu"
 
 
 @pytest.mark.gpu
