@@ -169,10 +169,8 @@ class _PiecesInOrder:
         thread.start()
 
     def _decode(self, piece: _Piece, decoder: Decoder) -> None:
-        first_s = piece.span.first / audio.SAMPLE_RATE
-        end_s = self._duration_s if piece.span.end is None else piece.span.end / audio.SAMPLE_RATE
-        try:
-            blocks = decoder.blocks(self._path, self._language, max(end_s - first_s, 1.0), piece.span)
+        try:  # the decoder takes the piece's share of the file's duration as its time limit
+            blocks = decoder.blocks(self._path, self._language, self._duration_s, piece.span)
             with contextlib.closing(blocks):
                 for block in blocks:
                     if self._stop.is_set():

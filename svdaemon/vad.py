@@ -31,6 +31,8 @@ import torch
 # Importing silero_vad sets torch.set_num_threads(1); the daemon sets its own count after all imports.
 from silero_vad import load_silero_vad
 
+from svdaemon.errors import EnvironmentFault
+
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
@@ -259,10 +261,15 @@ class VadNetwork:
         with self._waiting_lock:
             self._waiting.append(request)
         with self._running:
-            if request.probs is None:
+            if request.probs is None and request.error is None:  # no earlier call took it along
                 with self._waiting_lock:
                     batch, self._waiting = self._waiting, []
-                self._run(batch)
+                try:
+                    self._run(batch)
+                except BaseException as error:  # every request taken along gets an answer, this one too
+                    for waiting in batch:
+                        if waiting.probs is None:
+                            waiting.error = error
         if request.error is not None:
             raise request.error
         return request.probs
@@ -277,15 +284,23 @@ class VadNetwork:
             probs = self._run_rows(rows, cold)
         except RuntimeError as error:
             if self._device == "cpu":
-                for request in batch:
-                    request.error = error
-                return
-            log.warning("VAD on %s failed (%s); it runs on the CPU instead", self._device, error)
-            self._network.to(torch.device("cpu"))
-            self._failed_on, self._device = self._device, "cpu"
-            probs = self._run_rows(rows, cold)
+                raise
+            probs = self._run_rows_on_the_cpu(rows, cold, error)
         for start, request in zip(starts, batch, strict=True):
             request.probs = probs[start : start + len(request.rows)].reshape(-1)
+
+    def _run_rows_on_the_cpu(self, rows: np.ndarray, cold: list[int], error: RuntimeError) -> np.ndarray:
+        """After the GPU failed: the network back to the CPU, where it stays; a card that will not even give
+        the weights back is an environment fault (the files are retried, not counted against)."""
+        failed, self._failed_on, self._device = self._device, self._device, "cpu"
+        log.warning("VAD on %s failed (%s); it runs on the CPU instead", failed, error)
+        try:
+            self._network.to(torch.device("cpu"))
+        except RuntimeError as moving:
+            raise EnvironmentFault(
+                f"VAD failed on {failed} ({error}) and could not leave it ({moving})"
+            ) from error
+        return self._run_rows(rows, cold)
 
     def _run_rows(self, rows: np.ndarray, cold: list[int]) -> np.ndarray:
         """[rows, ROW_WINDOWS] probabilities; only ids-sized results come back from the device."""

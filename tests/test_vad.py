@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from svdaemon.config import VadSettings
+from svdaemon.errors import EnvironmentFault
 from svdaemon.synthetic_speech import SENTENCES, SpeechTrack, build_track, make_speech_track
 from svdaemon.vad import (
     ROW_WINDOWS,
@@ -264,6 +265,41 @@ def test_a_failing_gpu_leaves_vad_on_the_cpu_with_a_warning(model, monkeypatch, 
     assert "VAD on cuda:0 failed" in caplog.text and "illegal memory access" in caplog.text
     network.move_to("cuda:0")  # the worker places VAD with the engine before every pool: it stays off
     assert network.device == "cpu"
+
+
+def test_a_card_that_keeps_the_weights_fails_every_merged_stream_as_an_environment_fault(model, monkeypatch):
+    """The GPU is simulated, as above; this card also refuses to give the network back to the CPU."""
+    network = VadNetwork(model)
+
+    class LostCard:
+        def to(self, device):
+            raise RuntimeError("CUDA error: unspecified launch failure")
+
+    def failing(rows, cold):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(network, "_run_rows", failing)
+    monkeypatch.setattr(network, "_device", "cuda:0")
+    monkeypatch.setattr(network, "_network", LostCard())
+    outcomes: list[BaseException] = []
+
+    def score() -> None:
+        try:
+            scorer = WindowScorer(network)
+            scorer.push(make_speech_track(5, 0.3, seed=6).samples)  # too short to score before `finish`
+            scorer.finish()
+        except BaseException as error:
+            outcomes.append(error)
+
+    with network._running:  # the three calls meet in one batch (see above)
+        threads = [threading.Thread(target=score) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        assert wait_for(lambda: len(network._waiting) == 3, 10)
+    for thread in threads:
+        thread.join()
+    assert len(outcomes) == 3 and all(isinstance(error, EnvironmentFault) for error in outcomes), outcomes
+    assert "could not leave it" in str(outcomes[0]) and network.device == "cpu"
 
 
 @pytest.mark.gpu
