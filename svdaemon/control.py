@@ -144,11 +144,19 @@ class StatusSnapshot:
         try:
             values["state"] = DaemonState(values["state"])
             values["queue"] = {str(state): int(count) for state, count in dict(values["queue"]).items()}
-            values["devices"] = tuple(DeviceChoice(**device) for device in values.get("devices", ()))
+            values["devices"] = tuple(
+                _known_fields(DeviceChoice, device) for device in values.get("devices", ())
+            )
             values["watch"] = tuple(str(folder) for folder in values.get("watch", ()))
         except (ValueError, TypeError) as exc:
             raise ControlError(f"status snapshot is malformed: {exc}") from exc
         return cls(**values)
+
+
+def _known_fields(cls, data: Mapping[str, object]):
+    """`cls` from the keys it knows: a newer daemon may send more."""
+    names = {f.name for f in fields(cls)}
+    return cls(**{key: value for key, value in data.items() if key in names})
 
 
 @dataclass(frozen=True)

@@ -158,6 +158,8 @@ class Daemon:
                 self.worker.start()
                 self.watcher.start()
                 self.tray = self._start_tray()
+                if self.tray is not None:
+                    stack.callback(self.tray.stop)
                 self.state = DaemonState.IDLE
                 log.info(
                     "svdaemon %s on %s, watching %d folder(s)",
@@ -168,8 +170,6 @@ class Daemon:
                 self._serve()
                 self.state = DaemonState.STOPPING
                 self.notifier.stopping()
-                if self.tray is not None:
-                    self.tray.stop()
                 self.watcher.stop()
                 if not self.worker.stop(STOP_TIMEOUT_S):
                     log.warning("the worker did not stop within %.0f s", STOP_TIMEOUT_S)
@@ -185,6 +185,7 @@ class Daemon:
 
     def _serve(self) -> None:
         said, said_at = None, 0.0
+        self._turned_at = time.monotonic()
         while not self._stop.wait(0.2):
             self._turned_at = time.monotonic()
             if self._reload.is_set():
@@ -194,10 +195,19 @@ class Daemon:
                 self.tray.poll()
             if self.notifier.active and self._turned_at - said_at >= STATUS_EVERY_S:
                 said_at = self._turned_at
-                text = self.watcher.scanning or title(self.snapshot())
-                if text != said:
-                    self.notifier.status(text)
-                    said = text
+                said = self._say_status(said)
+
+    def _say_status(self, said: str | None) -> str | None:
+        """systemd's STATUS= line when it changed: the scan's progress, else the tray's title. A snapshot
+        that cannot be taken now (a GPU gone bad, a busy database) must not end the main loop."""
+        try:
+            text = self.watcher.scanning or title(self.snapshot())
+        except Exception as error:
+            log.debug("no status line for systemd this time: %s", error)
+            return said
+        if text != said:
+            self.notifier.status(text)
+        return text
 
     def _start_tray(self) -> Supervised | None:
         """`svdaemon tray` beside the daemon when `tray` is on, or auto with a display."""
@@ -223,7 +233,7 @@ class Daemon:
     def _unwell(self) -> str | None:
         """Why the daemon is not working as it should, or None. Loading the model is not unwell: it ends
         or fails by itself."""
-        if self.worker is None:
+        if self.worker is None or self.state is DaemonState.LOADING:
             return None
         if not self.worker.alive:
             return "the worker thread has ended"

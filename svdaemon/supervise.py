@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 EXIT_CANNOT_RUN = 2  # the contract's "no display / no tray support"
 MAX_RESTARTS = 3
 FIRST_PAUSE_S = 1.0  # before the first restart; doubled each time
+STABLE_S = 60.0  # a run this long was not part of a crash loop: the restarts count from zero again
 STOP_TIMEOUT_S = 5.0
 
 
@@ -38,6 +39,7 @@ class Supervised:
         self.given_up: str | None = None  # why it no longer runs, once it never will again
         self._clock = clock
         self._process: subprocess.Popen | None = None
+        self._started_at = 0.0
         self._restart_at: float | None = None
 
     @property
@@ -47,6 +49,7 @@ class Supervised:
     def start(self) -> None:
         try:
             self._process = subprocess.Popen(self.command, stdin=subprocess.DEVNULL)
+            self._started_at = self._clock()
         except OSError as error:
             self._give_up(f"cannot start ({error.strerror or error})")
             return
@@ -66,6 +69,8 @@ class Supervised:
             return
         code = self._process.returncode
         self._process = None
+        if self._clock() - self._started_at >= STABLE_S:
+            self.restarts = 0
         if code == 0:
             self._give_up("it ended", level=logging.INFO)
         elif code == EXIT_CANNOT_RUN:

@@ -386,12 +386,14 @@ class FolderWatcher:
 
     def _scan(self, root: WatchRoot, under: Path | None = None) -> None:
         seen = set()
-        for path, st in scan_root(root, self._output_dirs, under=under):
-            seen.add(path)
-            self._tracker.observe(path, st)
-            if under is None and len(seen) % SCAN_REPORT_EVERY == 0:
-                self.scanning = f"scanning {root.path}: {len(seen):,} recordings so far"
-        self.scanning = None
+        try:
+            for path, st in scan_root(root, self._output_dirs, under=under):
+                seen.add(path)
+                self._tracker.observe(path, st)
+                if under is None and len(seen) % SCAN_REPORT_EVERY == 0:
+                    self.scanning = f"scanning {root.path}: {len(seen):,} recordings so far"
+        finally:
+            self.scanning = None
         if under is None:
             self._tracker.forget_missing(root.path, seen)
             log.debug(

@@ -39,6 +39,7 @@ from doubles import SNAPSHOT
 def test_snapshot_json_round_trip_ignores_unknown_keys() -> None:
     data = json.loads(json.dumps(SNAPSHOT.to_json()))
     data["added_by_a_newer_daemon"] = {"anything": 1}
+    data["devices"][0]["added_too"] = "pcie 5.0"
     assert data["state"] == "working"
     assert StatusSnapshot.from_json(data) == SNAPSHOT
 

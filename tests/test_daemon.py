@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from svdaemon.config import Config
+from svdaemon.control import DaemonState
 from svdaemon.daemon import Daemon
 from svdaemon.heartbeat import STUCK_FLOOR_S, Heartbeat
 from svdaemon.sd_notify import Notifier
@@ -192,6 +193,7 @@ def test_the_watchdog_is_fed_while_the_worker_moves_and_starves_when_it_is_stuck
     daemon.notifier = Notifier(str(tmp_path / "notify.sock"), watchdog_usec=100_000)
     daemon.worker = SimpleNamespace(alive=True, heartbeat=Heartbeat(clock))
     daemon._turned_at = float("inf")  # the main loop counts as turning
+    daemon.state = DaemonState.IDLE  # loaded: while the model loads, nothing counts as stuck
     feeder = threading.Thread(target=daemon._feed_watchdog)
     feeder.start()
     try:

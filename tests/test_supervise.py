@@ -6,7 +6,7 @@ import logging
 import sys
 import time
 
-from svdaemon.supervise import FIRST_PAUSE_S, Supervised
+from svdaemon.supervise import FIRST_PAUSE_S, STABLE_S, Supervised
 
 from doubles import wait_for
 
@@ -71,3 +71,16 @@ def test_a_command_that_cannot_start_is_given_up_with_the_cause():
     child = Supervised("the tray icon", ["/nonexistent/svdaemon", "tray"])
     child.start()
     assert child.given_up is not None and "cannot start" in child.given_up
+
+
+def test_a_crash_after_a_long_run_starts_the_count_again():
+    clock = Clock()
+    child = Supervised("the tray icon", exiting_with(1), max_restarts=1, clock=clock)
+    child.start()
+    run_until_exit(child)  # crash 1: restart after a pause
+    clock.now += FIRST_PAUSE_S
+    child.poll()
+    assert child.restarts == 1
+    clock.now += STABLE_S  # this run lasted a minute before it crashed: not a crash loop
+    run_until_exit(child)
+    assert child.given_up is None and child.restarts == 0
