@@ -11,7 +11,6 @@ WATCHDOG=1 only while the worker moves (`heartbeat`). It keeps the tray icon's p
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import logging.handlers
 import os
@@ -30,7 +29,7 @@ from svdaemon.errors import StartupError, SvdaemonError
 from svdaemon.fingerprint import Fingerprint
 from svdaemon.gpus import free_mb, visible_gpus
 from svdaemon.jobs import EnqueueResult, JobQueue
-from svdaemon.owner import current_owner
+from svdaemon.owner import LockHeld, current_owner, hold_lock
 from svdaemon.sd_notify import Notifier
 from svdaemon.sidecars import HashStore, sweep_temp_files
 from svdaemon.supervise import Supervised
@@ -55,20 +54,12 @@ class AlreadyRunning(SvdaemonError):
     """Another svdaemon holds the state folder's lock."""
 
 
-def hold_lock(state_dir: Path) -> int:
+def hold_daemon_lock(state_dir: Path) -> int:
     """Take `state_dir/daemon.lock` for this process's life; AlreadyRunning names the holder."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    path = state_dir / "daemon.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise AlreadyRunning(f"another svdaemon (pid {holder}) is running with {state_dir}") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
+        return hold_lock(state_dir / "daemon.lock")
+    except LockHeld as held:
+        raise AlreadyRunning(f"another svdaemon (pid {held.holder}) is running with {state_dir}") from None
 
 
 def wants_tray(setting: str, environ: Mapping[str, str]) -> bool:
@@ -123,7 +114,7 @@ class Daemon:
         from svdaemon.worker import Worker
 
         try:
-            lock = hold_lock(self.config.state_dir)
+            lock = hold_daemon_lock(self.config.state_dir)
         except AlreadyRunning as error:
             log.error("%s", error)
             return EXIT_LOCKED

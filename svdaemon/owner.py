@@ -1,4 +1,4 @@
-"""Which process did something, and whether it still lives: for job claims and for temp files.
+"""Which process did something, and whether it still lives: for job claims, temp files and lock files.
 
 A crash (kill -9, power loss) leaves claims in the queue and half-written temp files beside sidecars.
 Both carry their writer's identity, so the next daemon can tell a dead writer's leftovers, which it takes
@@ -7,6 +7,7 @@ back at once, from a live writer's work in progress, which it leaves alone.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
@@ -82,3 +83,27 @@ def tagged_writer_is_dead(name: str) -> bool:
         return False
     token = _UNKNOWN_START if start == "x" else start
     return not owner_is_alive(f"{socket.gethostname()}:{pid}:{token}")
+
+
+class LockHeld(Exception):
+    """Another live process holds the lock; `holder` is the pid it wrote there ("unknown" if none)."""
+
+    def __init__(self, holder: str) -> None:
+        super().__init__(holder)
+        self.holder = holder
+
+
+def hold_lock(path: Path) -> int:
+    """Take the lock file `path` (an flock, freed by the kernel when the process ends, however it ends) and
+    write this process's pid in it; the descriptor must stay open for as long as the lock is wanted."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise LockHeld(holder) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd

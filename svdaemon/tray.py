@@ -12,7 +12,6 @@ pystray picks its backend when it is imported and fails without a display, so it
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import signal
@@ -32,6 +31,7 @@ from svdaemon.config import Config
 from svdaemon.control import Command, ControlError, DaemonNotRunning, StatusSnapshot, request
 from svdaemon.errors import SvdaemonError
 from svdaemon.notifications import DesktopNotifier, FailedFile, NoticeTracker
+from svdaemon.owner import LockHeld, hold_lock
 from svdaemon.tray_icon import IconLook, draw_icon, icon_look
 from svdaemon.tray_menu import (
     APP,
@@ -506,14 +506,12 @@ class TrayAlreadyRunning(SvdaemonError):
 
 def hold_tray_lock(state_dir: Path) -> int:
     """One tray per state_dir: the daemon's and the login item's never both show."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError as error:
-        os.close(descriptor)
-        raise TrayAlreadyRunning(f"another svdaemon tray is running for {state_dir}") from error
-    return descriptor
+        return hold_lock(state_dir / LOCK_NAME)
+    except LockHeld as held:
+        raise TrayAlreadyRunning(
+            f"another svdaemon tray (pid {held.holder}) is running for {state_dir}"
+        ) from None
 
 
 def main(config: Config, out: TextIO) -> int:
