@@ -266,8 +266,8 @@ class Daemon:
     def snapshot(self) -> StatusSnapshot:
         worker = self.worker
         current = worker.current if worker else None
-        pause_reason = worker.pause_reason if worker else None
-        paused = pause_reason is not None
+        pause_kind, pause_reason = (worker.standing_aside if worker else None) or (None, None)
+        paused = pause_kind is not None
         state = self.state
         if state is DaemonState.IDLE and current is not None:
             state = DaemonState.WORKING
@@ -288,7 +288,7 @@ class Daemon:
             vram_total_mb=vram.total_mb if vram else None,
             paused=paused,
             pause_reason=pause_reason,
-            pause_kind=worker.pause_kind if worker else None,
+            pause_kind=pause_kind,
             last_error=worker.last_error if worker else None,
             pid=os.getpid(),
             started_at_s=self.started_at_s,

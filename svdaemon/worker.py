@@ -140,18 +140,14 @@ class Worker:
         return self._no_device or self._short_of_vram
 
     @property
-    def pause_kind(self) -> str | None:
-        """`user`, `vram` (another program needs the card's memory) or `no_device`; None while it runs."""
+    def standing_aside(self) -> tuple[str, str] | None:
+        """Why it stands aside, as (kind, words): kind `user`, `no_device` or `vram` (another program needs
+        the card's memory); None while it runs."""
         if self.paused:
-            return "user"
+            return "user", "user"
         if self._no_device:
-            return "no_device"
-        return "vram" if self._short_of_vram else None
-
-    @property
-    def pause_reason(self) -> str | None:
-        """`user`, or the worker's own reason for standing aside (another program needs VRAM, no GPU)."""
-        return "user" if self.paused else self.yielding
+            return "no_device", self._no_device
+        return ("vram", self._short_of_vram) if self._short_of_vram else None
 
     def request_device(self, spec: str) -> None:
         """Move the model to `spec` after the current batch and go on with the same file there."""

@@ -235,11 +235,12 @@ def test_the_worker_steps_aside_while_another_program_needs_the_memory(
     enqueue(queue, path)
     worker = worker_for(skip_existing=False, vram_floor_mb=1024)
     worker.start()
-    assert wait_for(lambda: worker.pause_reason is not None, 10)
-    assert "another program needs the GPU's memory (300 MB free" in worker.pause_reason
+    assert wait_for(lambda: worker.standing_aside is not None, 10)
+    kind, why = worker.standing_aside
+    assert kind == "vram" and "another program needs the GPU's memory (300 MB free" in why
     assert queue.get(path).state is JobState.QUEUED and simulated.released >= 1
     assert wait_for(lambda: queue.get(path).state is JobState.DONE, 60)
-    assert worker.pause_reason is None
+    assert worker.standing_aside is None
     assert simulated.free_mb == [4000]  # it waited past the readings just above the floor
     assert worker.stop()
 
@@ -279,14 +280,15 @@ def test_a_failed_gpu_requeues_the_file_and_waits_for_a_device(
     job = queue.get(path)
     assert job.state is JobState.QUEUED and job.attempts == 0
     assert "illegal memory access" in worker.last_error and str(path) in worker.last_error
-    assert "no other device" in worker.pause_reason
+    kind, why = worker.standing_aside
+    assert kind == "no_device" and "no other device" in why
     worker.start()
     time.sleep(0.3)
     assert queue.get(path).attempts == 0 and queue.get(path).state is JobState.QUEUED  # nothing claimed
     monkeypatch.undo()
     worker.request_device("cpu")  # what `svdaemon device cpu` sends
     assert wait_for(lambda: queue.get(path).state is JobState.DONE, 60)
-    assert worker.pause_reason is None
+    assert worker.standing_aside is None
     assert worker.stop()
 
 
