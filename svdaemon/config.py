@@ -123,6 +123,11 @@ class Config:
     tray: Literal["auto", "on", "off"] = "auto"
     notify: bool = True
 
+    @property
+    def log_file(self) -> Path:
+        """The daemon's log (rotated), where the tray's Open log and `svdaemon status` point."""
+        return self.state_dir / "svdaemon.log"
+
 
 def default_config_path() -> Path:
     """`config.yaml` in the platform's user config dir (Linux: ~/.config/svdaemon/config.yaml)."""

@@ -47,7 +47,7 @@ STOP_TIMEOUT_S = 10.0
 START_STEP_S = 90.0  # more start-up time asked of systemd for each slow step before READY=1
 MAIN_LOOP_LIMIT_S = 30.0  # the main loop turns every 0.2 s; this long without a turn is a hang
 STATUS_EVERY_S = 2.0  # how often systemd's STATUS= line is brought up to date (when it changed)
-LOG_FILE, LOG_BYTES, LOG_BACKUPS = "svdaemon.log", 5 * 2**20, 3
+LOG_BYTES, LOG_BACKUPS = 5 * 2**20, 3
 
 
 class AlreadyRunning(SvdaemonError):
@@ -75,9 +75,9 @@ def decoder_count(cores: int | None = None) -> int:
     return max(1, min(4, cores // 4))
 
 
-def log_to_file(state_dir: Path) -> None:
+def log_to_file(log_file: Path) -> None:
     handler = logging.handlers.RotatingFileHandler(
-        state_dir / LOG_FILE,
+        log_file,
         maxBytes=LOG_BYTES,
         backupCount=LOG_BACKUPS,
         encoding="utf-8",
@@ -119,7 +119,7 @@ class Daemon:
             log.error("%s", error)
             return EXIT_LOCKED
         try:
-            log_to_file(self.config.state_dir)
+            log_to_file(self.config.log_file)
             self._install_signals()
             self.notifier.extend_timeout(START_STEP_S, "removing temporary files left by a stopped daemon")
             sweep_temp_files(self.config.state_dir)
@@ -297,7 +297,7 @@ class Daemon:
             notice=engine.notice if engine else None,
             devices=self._devices(engine.device if engine else None, vram),
             watch=tuple(os.fsdecode(root.path) for root in self.config.watch),
-            log_file=os.fsdecode(self.config.state_dir / LOG_FILE),
+            log_file=os.fsdecode(self.config.log_file),
         )
 
     @staticmethod

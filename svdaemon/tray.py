@@ -396,10 +396,8 @@ def view_of(reading: Reading, fallback: Fallback, latin1: bool = False) -> TrayV
 
 
 def fallback_of(config: Config) -> Fallback:
-    from svdaemon.daemon import LOG_FILE  # here, so that the daemon may import this module
-
     watch = tuple(os.fsdecode(root.path) for root in config.watch)
-    return Fallback(watch, os.fsdecode(config.state_dir / LOG_FILE))
+    return Fallback(watch, os.fsdecode(config.log_file))
 
 
 def pystray_menu(pystray: ModuleType, entries: tuple[MenuEntry, ...], run: Callable[[Action], None]):

@@ -19,7 +19,6 @@ from svdaemon.control import DaemonState, StatusSnapshot
 
 ICON_SIZE = 64
 BADGE_LIMIT = 99
-# The worker's reason while it steps aside for another program's VRAM use (worker._between_batches).
 
 RGB = tuple[int, int, int]
 WHITE: RGB = (255, 255, 255)
