@@ -97,19 +97,26 @@ class PooledDecoder:
         return self._probed
 
     def blocks(
-        self, path: Path, audio_language: str | None = None, duration_s: float | None = None
+        self,
+        path: Path,
+        audio_language: str | None = None,
+        duration_s: float | None = None,
+        span: SampleSpan | None = None,
     ) -> Iterator[np.ndarray]:
+        """The file's blocks (or a span's, on one decoder), in pieces where that is worth it."""
         info = self._probed if self._probed is not None and self._probed.path == path else None
         info = info or self.probe(path, audio_language)
-        if worth_splitting(info, self._pool.size, self._piece_s):
+        if span is None and worth_splitting(info, self._pool.size, self._piece_s):
             log.debug("%s: decoding %.0f s of %s in pieces", path, info.duration_s, info.codec)
             spans = piece_spans(info.duration_s, self._piece_s)
             return _PiecesInOrder(self._pool, path, audio_language, info.duration_s, spans).blocks()
-        return self._whole(path, audio_language, duration_s or info.duration_s)
+        return self._on_one(path, audio_language, duration_s or info.duration_s, span)
 
-    def _whole(self, path: Path, audio_language: str | None, duration_s: float) -> Iterator[np.ndarray]:
+    def _on_one(
+        self, path: Path, audio_language: str | None, duration_s: float, span: SampleSpan | None
+    ) -> Iterator[np.ndarray]:
         with self._pool.leased() as decoder:
-            yield from decoder.blocks(path, audio_language, duration_s)
+            yield from decoder.blocks(path, audio_language, duration_s, span)
 
 
 _END = object()  # a piece's last item after its blocks

@@ -113,3 +113,11 @@ def test_a_bad_file_is_a_decode_error_and_costs_no_decoder(decoders, tmp_path):
     with pytest.raises(DecodeError, match=r"noise\.mp3"):
         list(PooledDecoder(pool, piece_s=PIECE_S).blocks(bad))
     assert all(pool.try_lease() is not None for _ in decoders)
+
+
+@pytest.mark.integration
+def test_a_span_asked_of_the_pool_is_decoded_on_one_decoder(long_mp3, decoders):
+    span = SampleSpan(20 * audio.SAMPLE_RATE + 7, 50 * audio.SAMPLE_RATE)
+    pieces = list(PooledDecoder(DecoderPool(decoders), piece_s=PIECE_S).blocks(long_mp3, span=span))
+    expected = np.concatenate(whole(long_mp3))[span.first : span.end]
+    assert np.array_equal(np.concatenate(pieces), expected)
