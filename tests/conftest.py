@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 
@@ -66,6 +67,17 @@ def cpu_engine(tiny_model_dir: Path) -> SenseVoiceEngine:
             model_dir=tiny_model_dir, model_name=str(tiny_model_dir), device="cpu", precision="fp32"
         )
     )
+
+
+@pytest.fixture(autouse=True)
+def restore_root_logging():
+    """`cli.main` run in-process puts a handler on the root logger that writes to this test's captured
+    stderr; left there, a later test's thread logging through it writes to a closed file."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 PROCESS_LIFETIME_THREAD = "svdaemon-decoder-spawn"
