@@ -106,6 +106,16 @@ def write_long_tone(path: Path, seconds: float, rate: int, freq_hz: float = 440.
     return path
 
 
+def write_spliced_mp3(folder: Path, seconds: float) -> Path:
+    """Two MP3s back to back, as stream captures splice them: 44.1 kHz stereo at 440 Hz, then 22.05 kHz mono
+    at 880 Hz, `seconds` each."""
+    first = write_audio(folder / "first.mp3", tone(440.0, seconds, 44100, channels=2), 44100)
+    second = write_audio(folder / "second.mp3", tone(880.0, seconds, 22050), 22050)
+    spliced = folder / "spliced.mp3"
+    spliced.write_bytes(first.read_bytes() + second.read_bytes())
+    return spliced
+
+
 def write_video_only(path: Path, seconds: float = 1.0) -> Path:
     """A video file with no audio stream."""
     with av.open(str(path), "w") as container:

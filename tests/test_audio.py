@@ -104,10 +104,7 @@ def test_channels_are_averaged_not_summed(media_dir: Path):
 
 def test_format_changes_mid_stream_are_followed(media_dir: Path):
     """Two MP3s back to back (as stream captures splice them): 44.1 kHz stereo, then 22.05 kHz mono."""
-    first = media.write_audio(media_dir / "first.mp3", media.tone(440, 2.0, 44100, channels=2), 44100)
-    second = media.write_audio(media_dir / "second.mp3", media.tone(880, 2.0, 22050), 22050)
-    spliced = media_dir / "spliced.mp3"
-    spliced.write_bytes(first.read_bytes() + second.read_bytes())
+    spliced = media.write_spliced_mp3(media_dir, 2.0)
 
     samples = decode_all(spliced)
 

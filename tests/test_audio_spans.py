@@ -255,10 +255,7 @@ def skipped(records: list[logging.LogRecord]) -> int:
 
 def test_pieces_of_spliced_streams_join_too(folder: Path):
     """44.1 kHz stereo MP3, then 22.05 kHz mono: a piece starting in the second is decoded from the start."""
-    first = media.write_audio(folder / "first.mp3", media.tone(440.0, 4.0, 44100, channels=2), 44100)
-    second = media.write_audio(folder / "second.mp3", media.tone(880.0, 4.0, 22050), 22050)
-    spliced = folder / "spliced.mp3"
-    spliced.write_bytes(first.read_bytes() + second.read_bytes())
+    spliced = media.write_spliced_mp3(folder, 4.0)
     expected = whole(spliced)
 
     got = joined(spliced, [0, 40001, 100007, None])
