@@ -55,13 +55,15 @@ class Notifier:
         self.send(STOPPING="1", STATUS="stopping")
 
     def send(self, **fields: str) -> None:
-        """One datagram of `KEY=value` lines. A failure is logged once: systemd may be gone, not the daemon."""
+        """One datagram of `KEY=value` lines, never waiting: when the reader's queue is full (a stalled or
+        gone systemd) the message is dropped, since a daemon blocked on its supervisor can neither work nor
+        stop. A failure is logged once: systemd may be gone, not the daemon."""
         if self._address is None:
             return
         message = "\n".join(f"{key}={value}" for key, value in fields.items()).encode()
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-                sock.sendto(message, self._address)
+                sock.sendto(message, socket.MSG_DONTWAIT, self._address)
         except OSError as error:
             if not self._failed:
                 log.warning("cannot notify systemd at %s: %s", self._address.lstrip("\0"), error)

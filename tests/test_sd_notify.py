@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,17 @@ def test_a_vanished_socket_is_logged_once_and_the_daemon_goes_on(tmp_path, caplo
         notifier.status("one")
         notifier.status("two")
     assert caplog.text.count("cannot notify systemd") == 1
+
+
+def test_a_reader_that_stops_reading_never_blocks_the_sender(listener, caplog):
+    """systemd stalled: its socket's queue (10 datagrams by default) fills, and each further message is
+    dropped at once instead of blocking the daemon's main loop, its watchdog feeder and its stop."""
+    _, path = listener
+    notifier = Notifier(path, watchdog_usec=1_000_000)
+    sender = threading.Thread(target=lambda: [notifier.alive() for _ in range(200)], daemon=True)
+    with caplog.at_level(logging.WARNING, logger="svdaemon.sd_notify"):
+        sender.start()
+        sender.join(timeout=5)
+    assert not sender.is_alive(), "a full notify socket blocked the sender"
+    warnings = [r.getMessage() for r in caplog.records if "cannot notify systemd" in r.getMessage()]
+    assert len(warnings) == 1, warnings  # said once, not once per dropped message
