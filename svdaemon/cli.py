@@ -9,10 +9,25 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from svdaemon import __version__
-from svdaemon.config import FORMATS, LANGUAGES, OVERWRITE_POLICIES, PRECISIONS, Config, load_config
+from svdaemon.config import (
+    CONFIG_ENV,
+    FORMATS,
+    LANGUAGES,
+    OVERWRITE_POLICIES,
+    PRECISIONS,
+    Config,
+    chosen_config_path,
+    default_config_path,
+    load_config,
+)
 from svdaemon.errors import ConfigError, StartupError, SvdaemonError
+from svdaemon.models import ModelUnavailable
+
+if TYPE_CHECKING:
+    from svdaemon.jobs import JobState
 
 log = logging.getLogger("svdaemon")
 
@@ -257,9 +272,13 @@ def cmd_queue(args: argparse.Namespace, config: Config) -> int:
         ]
         print(json.dumps(rows, ensure_ascii=False))
         return EXIT_OK
+    if not jobs:
+        print("no failed files" if args.failed else "the queue is empty")
+        return EXIT_OK
+    print(f"{'STATE':<8} {'TRIES':>5}  FILE  (LAST ERROR)")
     for job in jobs:
-        error = f"  {job.last_error}" if job.last_error else ""
-        print(f"{job.state.value:<8} {job.attempts}  {job.path}{error}")
+        error = f"  ({job.last_error})" if job.last_error else ""
+        print(f"{job.state.value:<8} {job.attempts:>5}  {os.fsdecode(job.path)}{error}")
     return EXIT_OK
 
 
@@ -282,11 +301,29 @@ def cmd_retry(args: argparse.Namespace, config: Config) -> int:
         return _report_unknown(queue.retry([Path(p).absolute() for p in args.paths]))
 
 
+def _bumped_line(path: Path, state: JobState) -> str:
+    """What `bump` did to one known file: only a queued file has a place in the queue to move."""
+    from svdaemon.jobs import JobState
+
+    shown = os.fsdecode(path)
+    if state is JobState.QUEUED:
+        return f"moved to the front of the queue: {shown}"
+    if state is JobState.RUNNING:
+        return f"being transcribed now: {shown}"
+    return f"{state.value} already, so not queued: {shown} (`svdaemon retry` queues it again)"
+
+
 def cmd_bump(args: argparse.Namespace, config: Config) -> int:
     from svdaemon.jobs import JobQueue
 
+    paths = [Path(p).absolute() for p in args.paths]
     with JobQueue.open(config.state_dir) as queue:
-        return _report_unknown(queue.bump([Path(p).absolute() for p in args.paths]))
+        unknown = queue.bump(paths)
+        for path in paths:
+            job = None if path in unknown else queue.get(path)
+            if job is not None:
+                print(_bumped_line(path, job.state))
+    return _report_unknown(unknown)
 
 
 # ---- parser -----------------------------------------------------------------------------------------
@@ -297,11 +334,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="svdaemon", description="Transcribe recordings with SenseVoice Small."
     )
     parser.add_argument("--version", action="version", version=f"svdaemon {__version__}")
+    config_help = f"config file (default: ${CONFIG_ENV}, else config.yaml in the user config dir)"
+    verbose_help = "more log detail (-vv: debug)"
+    parser.add_argument("--config", type=Path, help=config_help)
+    parser.add_argument("-v", "--verbose", action="count", default=0, help=verbose_help)
+    # The same options after the subcommand; SUPPRESS keeps a value given before it when they are absent.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--config", type=Path, help="config file (default: config.yaml in the user config dir)"
-    )
-    common.add_argument("-v", "--verbose", action="count", default=0, help="more log detail (-vv: debug)")
+    common.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=config_help)
+    common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help=verbose_help)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     tr = commands.add_parser("transcribe", parents=[common], help="write sidecars for each file and exit")
@@ -377,8 +417,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _model_advice(config_path: Path | None) -> list[str]:
+    """What a new user can do when the model cannot be had: where the config is, the other hub, a folder."""
+    where = config_path or default_config_path()
+    exists = "" if where.exists() else " (none yet: create it to change a setting)"
+    return [
+        f"  config file: {where}{exists}",
+        "  to download from Hugging Face instead, put `model_hub: hf` in it;",
+        "  to use a SenseVoiceSmall folder you downloaded, put `model: /path/to/that/folder` in it;",
+        "  `svdaemon model fetch` downloads and checks the model (run it again to retry).",
+    ]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.config = chosen_config_path(args.config)
     setup_logging(
         args.verbose + (1 if args.command in ("run", "tray") else 0)
     )  # long-lived: say what it does
@@ -387,6 +440,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.config, _transcribe_overrides(args) if args.command == "transcribe" else None
         )
         return args.handler(args, config)
+    except ModelUnavailable as exc:
+        print(f"svdaemon: {exc}", *_model_advice(args.config), sep="\n", file=sys.stderr)
+        return EXIT_STARTUP
     except (ConfigError, StartupError) as exc:
         print(f"svdaemon: {exc}", file=sys.stderr)
         return EXIT_STARTUP

@@ -17,7 +17,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Literal
 
@@ -36,6 +36,7 @@ OVERWRITE_POLICIES = ("never", "ours", "always")
 MODEL_HUBS = ("ms", "hf")
 TRAY_MODES = ("auto", "on", "off")
 _OVERRIDES_SOURCE = "command line"
+CONFIG_ENV = "SVDAEMON_CONFIG"
 
 _DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 _PATH_PREFIXES = ("~", "/", "./", "../", ".\\", "..\\")
@@ -83,8 +84,13 @@ def _default_state_dir() -> Path:
     return Path(platformdirs.user_state_dir(APP_NAME))
 
 
+def default_watch_folder() -> Path:
+    """`~/Transcribe`: watched when the config names no folder, and made on the daemon's first run."""
+    return Path("~/Transcribe").expanduser()
+
+
 def _default_watch() -> tuple[WatchRoot, ...]:
-    return (WatchRoot(Path("~/Transcribe").expanduser()),)
+    return (WatchRoot(default_watch_folder()),)
 
 
 @dataclass(frozen=True)
@@ -134,6 +140,17 @@ def default_config_path() -> Path:
     return Path(platformdirs.user_config_dir(APP_NAME)) / "config.yaml"
 
 
+def chosen_config_path(flag: Path | None, environ: Mapping[str, str] = os.environ) -> Path | None:
+    """`--config`, else `SVDAEMON_CONFIG`; None means the default file, read only if it exists.
+
+    A file named either way must exist: a typo must not silently run on the defaults.
+    """
+    if flag is not None:
+        return flag
+    named = environ.get(CONFIG_ENV, "")
+    return Path(named) if named else None
+
+
 def load_config(path: Path | None = None, overrides: Mapping[str, object] | None = None) -> Config:
     """Defaults, then the file, then `overrides` (config keys, nested sections as dicts).
 
@@ -147,6 +164,17 @@ def load_config(path: Path | None = None, overrides: Mapping[str, object] | None
     if overrides:
         config = _apply_layer(config, overrides, _OVERRIDES_SOURCE, Path.cwd())
     return config
+
+
+def with_new_watch(current: Config, reloaded: Config) -> tuple[Config, tuple[str, ...]]:
+    """What SIGHUP applies: the reloaded watch list, each root with its own settings, at once; and the
+    other keys that differ, which the loaded model, open queue and sidecar settings hold until a restart."""
+    waiting = tuple(
+        spec.name
+        for spec in fields(Config)
+        if spec.name != "watch" and getattr(current, spec.name) != getattr(reloaded, spec.name)
+    )
+    return replace(current, watch=reloaded.watch), waiting
 
 
 def model_location(value: str, base_dir: Path, is_dir: Callable[[Path], bool] = Path.is_dir) -> str:

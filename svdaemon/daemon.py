@@ -18,12 +18,12 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from svdaemon import __version__
-from svdaemon.config import Config, load_config
+from svdaemon.config import Config, WatchRoot, default_watch_folder, load_config, with_new_watch
 from svdaemon.control import Command, ControlServer, DaemonState, DeviceChoice, Reply, StatusSnapshot
 from svdaemon.errors import StartupError, SvdaemonError
 from svdaemon.fingerprint import Fingerprint
@@ -75,6 +75,21 @@ def decoder_count(cores: int | None = None) -> int:
     return max(1, min(4, cores // 4))
 
 
+def _folders(watch: Sequence[WatchRoot]) -> str:
+    return ", ".join(os.fsdecode(root.path) for root in watch) or "no folder"
+
+
+def make_default_watch_folder(watch: Sequence[WatchRoot]) -> Path | None:
+    """Make the built-in watch folder on first run, so a new user has somewhere to drop files; return it
+    if it was made. A folder the user named is never made: a share not mounted yet must not become an
+    empty local folder that hides it."""
+    default = default_watch_folder()
+    if default not in (root.path for root in watch) or default.exists():
+        return None
+    default.mkdir(parents=True)
+    return default
+
+
 def log_to_file(log_file: Path) -> None:
     handler = logging.handlers.RotatingFileHandler(
         log_file,
@@ -120,6 +135,9 @@ class Daemon:
             return EXIT_LOCKED
         try:
             log_to_file(self.config.log_file)
+            made = make_default_watch_folder(self.config.watch)
+            if made is not None:
+                log.info("made the watch folder %s: recordings dropped there get transcripts", made)
             self._install_signals()
             self.notifier.extend_timeout(START_STEP_S, "removing temporary files left by a stopped daemon")
             sweep_temp_files(self.config.state_dir)
@@ -153,10 +171,10 @@ class Daemon:
                     stack.callback(self.tray.stop)
                 self.state = DaemonState.IDLE
                 log.info(
-                    "svdaemon %s on %s, watching %d folder(s)",
+                    "svdaemon %s on %s, watching %s",
                     __version__,
                     pipeline.engine.device,
-                    len(self.config.watch),
+                    _folders(self.config.watch),
                 )
                 self._serve()
                 self.state = DaemonState.STOPPING
@@ -251,15 +269,19 @@ class Daemon:
     def _reload_config(self) -> None:
         """SIGHUP: new watch roots apply at once; a bad config is logged and the old one kept."""
         try:
-            config = load_config(self.config_path)
+            config, waiting = with_new_watch(self.config, load_config(self.config_path))
         except SvdaemonError as error:
             log.error("config not reloaded: %s", error)
             return
         self.watcher.stop()
         self.config = config
+        if self.worker is not None:
+            self.worker.config = config  # a new root's own formats, language and output_dir
         self.watcher = self._watcher(config)
         self.watcher.start()
-        log.info("config reloaded: watching %d folder(s)", len(config.watch))
+        log.info("config reloaded: watching %s", _folders(config.watch))
+        if waiting:
+            log.warning("config: %s changed; that applies when svdaemon restarts", ", ".join(waiting))
 
     # ---- control --------------------------------------------------------------------------------------
 

@@ -7,8 +7,10 @@ hands FunASR a complete local folder.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from svdaemon.errors import StartupError
@@ -29,15 +31,44 @@ def hub_repo(model: str, hub: str) -> str:
     return HF_EQUIVALENT.get(model, model) if hub == "hf" else model
 
 
+class ModelUnavailable(StartupError):
+    """A hub model that is neither in the hub's cache nor downloadable now; the CLI says what to do next."""
+
+
+def _hub_name(hub: str) -> str:
+    return "Hugging Face" if hub == "hf" else "ModelScope"
+
+
+def _short_cause(error: BaseException, limit: int = 160) -> str:
+    """The first line of an error, cut short: a network error's text runs to several hundred characters."""
+    text = f"{error.__class__.__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@contextlib.contextmanager
+def _hub_loggers_quiet() -> Iterator[None]:
+    """The hub clients log each retry as a warning on handlers of their own; svdaemon says the outcome once."""
+    loggers = [logging.getLogger(name) for name in ("modelscope", "modelscope_hub", "huggingface_hub")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
 def _download(model: str, hub: str, offline: bool) -> Path:
     repo = hub_repo(model, hub)
-    if hub == "hf":
-        from huggingface_hub import snapshot_download as hf_snapshot
+    with _hub_loggers_quiet():
+        if hub == "hf":
+            from huggingface_hub import snapshot_download as hf_snapshot
 
-        return Path(hf_snapshot(repo, local_files_only=offline))
-    from modelscope.hub.snapshot_download import snapshot_download as ms_snapshot
+            return Path(hf_snapshot(repo, local_files_only=offline))
+        from modelscope.hub.snapshot_download import snapshot_download as ms_snapshot
 
-    return Path(ms_snapshot(repo, local_files_only=offline))
+        return Path(ms_snapshot(repo, local_files_only=offline))
 
 
 def resolve_model_dir(model: str, hub: str, download: bool = True) -> Path:
@@ -48,19 +79,11 @@ def resolve_model_dir(model: str, hub: str, download: bool = True) -> Path:
         return _download(model, hub, offline=True)
     except Exception as cached_miss:
         if not download:
-            raise StartupError(
-                f"model: {model} is not downloaded yet; run `svdaemon model fetch`"
-            ) from cached_miss
-    log.info(
-        "downloading %s from %s (first use)",
-        hub_repo(model, hub),
-        "Hugging Face" if hub == "hf" else "ModelScope",
-    )
+            raise ModelUnavailable(f"model: {model} is not downloaded yet") from cached_miss
+    log.info("downloading %s from %s (first use)", hub_repo(model, hub), _hub_name(hub))
     try:
         return _download(model, hub, offline=False)
     except Exception as exc:
-        raise StartupError(
-            f"model: {hub_repo(model, hub)} could not be downloaded from "
-            f"{'Hugging Face' if hub == 'hf' else 'ModelScope'} ({exc.__class__.__name__}: {exc}); "
-            "check the network, or set `model:` to a local folder"
+        raise ModelUnavailable(
+            f"model: {hub_repo(model, hub)} could not be downloaded from {_hub_name(hub)} ({_short_cause(exc)})"
         ) from exc

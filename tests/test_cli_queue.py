@@ -83,7 +83,8 @@ def test_queue_retry_and_bump(svd, queue, tmp_path):
     queue.fail(job, f"{good}: no audio stream", ErrorKind.BAD_FILE, max_attempts=1)
 
     code, out, _ = svd("queue", "--failed")
-    assert code == 0 and out.startswith("failed") and "no audio stream" in out and "bad.wav" not in out
+    assert code == 0 and out.splitlines()[1].startswith("failed") and "no audio stream" in out
+    assert "bad.wav" not in out
     code, out, _ = svd("queue", "--json")
     assert {row["state"] for row in json.loads(out)} == {"failed", "queued"}
 
@@ -105,3 +106,32 @@ def test_fast_commands_never_import_torch(config_file):
     assert done.returncode == 3, done.stderr
     imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line}
     assert "torch" not in imported and "funasr" not in imported
+
+
+def test_config_is_read_before_or_after_the_command_and_from_svdaemon_config(
+    config_file, queue, tmp_path, capsys, monkeypatch
+):
+    queue.enqueue(tmp_path / "a.wav", Fingerprint(1, 1, 1))
+    for argv in (["--config", str(config_file), "status"], ["status", "--config", str(config_file)]):
+        assert cli.main(argv) == 3
+        assert "1 queued" in capsys.readouterr().out, argv
+    monkeypatch.setenv("SVDAEMON_CONFIG", str(config_file))
+    assert cli.main(["status"]) == 3 and "1 queued" in capsys.readouterr().out
+    monkeypatch.setenv("SVDAEMON_CONFIG", str(tmp_path / "missing.yaml"))
+    assert cli.main(["status"]) == 2 and "missing.yaml: config file not found" in capsys.readouterr().err
+    assert cli.main(["status", "--config", str(config_file)]) == 3  # the flag wins over the environment
+
+
+def test_queue_has_a_header_and_bump_says_what_it_did_to_each_file(svd, queue, tmp_path):
+    waiting, finished = tmp_path / "waiting.wav", tmp_path / "finished.wav"
+    for path in (finished, waiting):
+        queue.enqueue(path, Fingerprint(1, 1, 1))
+    queue.finish(queue.claim(current_owner()))
+    code, out, _ = svd("queue")
+    assert code == 0 and out.splitlines()[0].split() == ["STATE", "TRIES", "FILE", "(LAST", "ERROR)"]
+    code, out, _ = svd("bump", str(waiting), str(finished))
+    assert code == 0
+    assert out.splitlines() == [
+        f"moved to the front of the queue: {waiting}",
+        f"done already, so not queued: {finished} (`svdaemon retry` queues it again)",
+    ]

@@ -13,9 +13,11 @@ from svdaemon.config import (
     SubtitleStyle,
     VadSettings,
     WatchRoot,
+    chosen_config_path,
     default_config_path,
     load_config,
     model_location,
+    with_new_watch,
 )
 from svdaemon.errors import ConfigError
 
@@ -345,3 +347,20 @@ def test_model_location_rule(value: str, expected: str) -> None:
 
 def test_model_location_expands_home(private_home: Path) -> None:
     assert model_location("~/sv", Path("/conf"), is_dir=lambda _: False) == str(private_home / "sv")
+
+
+def test_sighup_takes_the_new_watch_list_and_names_what_waits_for_a_restart(tmp_path):
+    current = Config(state_dir=tmp_path, formats=("txt",))
+    new_root = WatchRoot(tmp_path / "new", formats=("vtt",), output_dir=tmp_path / "out")
+    reloaded = dataclasses.replace(current, watch=(new_root,), formats=("srt",), model="/models/other")
+    applied, waiting = with_new_watch(current, reloaded)
+    assert applied.watch == (new_root,) and applied.formats == ("txt",) and applied.model == current.model
+    assert waiting == ("model", "formats")
+
+
+def test_the_config_file_comes_from_the_flag_then_the_environment_then_the_default(tmp_path):
+    flag, named = tmp_path / "flag.yaml", tmp_path / "env.yaml"
+    assert chosen_config_path(flag, {"SVDAEMON_CONFIG": str(named)}) == flag
+    assert chosen_config_path(None, {"SVDAEMON_CONFIG": str(named)}) == named
+    assert chosen_config_path(None, {"SVDAEMON_CONFIG": ""}) is None
+    assert chosen_config_path(None, {}) is None

@@ -98,16 +98,26 @@ def test_a_dropped_file_gets_its_sidecars_and_sigterm_stops_cleanly(setup, daemo
 
 
 def test_sighup_applies_new_watch_folders(setup, daemon, tmp_path):
+    """A new root's own formats and output_dir apply at once, as they would after a restart."""
     config, _ = setup
-    extra = tmp_path / "extra"
+    extra, own, own_out = tmp_path / "extra", tmp_path / "own", tmp_path / "own-out"
     extra.mkdir()
-    config.write_text(config.read_text() + f"  - path: {extra}\n")
+    own.mkdir()
+    config.write_text(
+        config.read_text()
+        + f"  - path: {extra}\n  - path: {own}\n    formats: [vtt, json]\n    output_dir: {own_out}\n"
+    )
     daemon.send_signal(signal.SIGHUP)
     speech = build_track([0.3, "Rain fell all night", 0.3]).samples
-    write_audio(tmp_path / "late.wav", speech, 16000)
+    for name in ("late.wav", "mine.wav"):
+        write_audio(tmp_path / name, speech, 16000)
     time.sleep(1.0)  # the reload happens within the daemon's 0.2 s signal loop
     os.replace(tmp_path / "late.wav", extra / "late.wav")
+    os.replace(tmp_path / "mine.wav", own / "mine.wav")
     assert wait_for(lambda: (extra / "late.srt").exists(), 30)
+    assert wait_for(lambda: (own_out / "mine.json").exists(), 30)
+    assert sorted(p.name for p in own_out.iterdir()) == ["mine.json", "mine.vtt"]
+    assert sorted(p.name for p in own.iterdir()) == ["mine.wav"]
 
 
 def test_an_unknown_config_key_exits_2_naming_it(tmp_path):
@@ -219,3 +229,16 @@ def drain(listener: socket.socket) -> None:
         while True:
             listener.recv(4096)
     listener.settimeout(0.5)
+
+
+def test_only_the_built_in_watch_folder_is_made(tmp_path, monkeypatch):
+    """A folder the user named may be a share not mounted yet: it is watched for, never made."""
+    from svdaemon.config import WatchRoot
+    from svdaemon.daemon import make_default_watch_folder
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    share = tmp_path / "share"
+    assert make_default_watch_folder((WatchRoot(share),)) is None and not share.exists()
+    assert make_default_watch_folder(Config().watch) == tmp_path / "Transcribe"
+    assert (tmp_path / "Transcribe").is_dir()
+    assert make_default_watch_folder(Config().watch) is None  # there already

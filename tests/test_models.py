@@ -69,8 +69,39 @@ def test_model_fetch_finds_and_verifies_a_cached_snapshot(hub_env, tiny_model_di
 def test_model_fetch_offline_without_a_copy_is_a_startup_error(hub_env):
     done = svdaemon("model", "fetch", "--config", hub_env["SVDAEMON_TEST_CONFIG"], env=hub_env)
     assert done.returncode == 2
-    assert "FunAudioLLM/SenseVoiceSmall could not be downloaded from Hugging Face" in done.stderr
-    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    lines = done.stderr.strip().splitlines()
+    assert "FunAudioLLM/SenseVoiceSmall could not be downloaded from Hugging Face" in lines[0]
+    assert "Traceback" not in done.stderr and len(lines) == 5
+    assert f"config file: {hub_env['SVDAEMON_TEST_CONFIG']}" in lines[1] and "none yet" not in lines[1]
+
+
+def test_a_first_run_without_network_says_what_to_do_and_makes_the_watch_folder(tmp_path):
+    """The new user's case: no config file, the default model on ModelScope, no network (an endpoint on
+    loopback that refuses), the default watch folder not there yet."""
+    home = tmp_path / "home"
+    env = {
+        "HOME": str(home),
+        "MODELSCOPE_ENDPOINT": "http://127.0.0.1:9",
+        "MODELSCOPE_CACHE": str(tmp_path / "ms"),
+        "SVDAEMON_CONFIG": "",
+        "XDG_CONFIG_HOME": "",
+        "XDG_STATE_HOME": "",
+        "DISPLAY": "",
+    }
+    done = svdaemon("run", env=env)
+    assert done.returncode == 2
+    said = done.stderr.strip().splitlines()
+    first = next(i for i, line in enumerate(said) if line.startswith("svdaemon: model: iic/SenseVoiceSmall"))
+    advice = said[first:]
+    assert "could not be downloaded from ModelScope" in advice[0] and "Traceback" not in done.stderr
+    assert (
+        advice[1]
+        == f"  config file: {home}/.config/svdaemon/config.yaml (none yet: create it to change a setting)"
+    )
+    assert "`model_hub: hf`" in advice[2] and "`model: /path/to/that/folder`" in advice[3]
+    assert "`svdaemon model fetch`" in advice[4] and len(advice) == 5
+    assert (home / "Transcribe").is_dir()
+    assert f"made the watch folder {home / 'Transcribe'}" in done.stderr
 
 
 def test_doctor_reports_a_model_not_downloaded_yet(hub_env):
