@@ -63,6 +63,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import platformdirs
 
+from svdaemon.child import python_module_command
 from svdaemon.config import APP_NAME, Config, load_config
 from svdaemon.errors import ConfigError, StartupError
 
@@ -584,7 +585,7 @@ def run_row_process(spec: RowSpec, inputs: BenchInputs, log_path: Path) -> RowRe
 
     The child's stderr (FunASR's chatter, a traceback) is kept in `log_path`.
     """
-    command = [sys.executable, "-m", "svdaemon.bench", "--row", spec.name, *inputs.argv()]
+    command = python_module_command("svdaemon.bench", "--row", spec.name, *inputs.argv())
     done = subprocess.run(command, capture_output=True, text=True, errors="replace", check=False)
     log_path.write_text(done.stderr, encoding="utf-8")
     for line in done.stdout.splitlines():

@@ -15,7 +15,6 @@ import logging
 import logging.handlers
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from svdaemon import __version__
+from svdaemon.child import python_module_command
 from svdaemon.config import Config, WatchRoot, default_watch_folder, load_config, with_new_watch
 from svdaemon.control import Command, ControlServer, DaemonState, DeviceChoice, Reply, StatusSnapshot
 from svdaemon.errors import StartupError, SvdaemonError
@@ -223,7 +223,7 @@ class Daemon:
         if not wants_tray(self.config.tray, os.environ):
             return None
         config = ["--config", os.fsdecode(self.config_path)] if self.config_path else []
-        tray = Supervised("the tray icon", [sys.executable, "-m", "svdaemon.cli", "tray", *config])
+        tray = Supervised("the tray icon", python_module_command("svdaemon.cli", "tray", *config))
         tray.start()
         return tray
 
