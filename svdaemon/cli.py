@@ -25,6 +25,7 @@ from svdaemon.config import (
 )
 from svdaemon.errors import ConfigError, StartupError, SvdaemonError
 from svdaemon.models import ModelUnavailable
+from svdaemon.status_text import device_text, queue_text
 
 if TYPE_CHECKING:
     from svdaemon.jobs import JobState
@@ -118,12 +119,7 @@ def cmd_transcribe(args: argparse.Namespace, config: Config) -> int:
         finally:
             if bar is not None:
                 bar.close()
-        shown = next((p for p in outcome.written if p.suffix == ".srt"), outcome.written[0])
-        print(
-            f"ok  {path.name} → {shown.name} ({_duration(outcome.transcript.duration_s)} audio, "
-            f"{outcome.realtime_factor:.1f}× realtime)",
-            flush=True,
-        )
+        print(f"ok  {path.name}{outcome.describe(_duration(outcome.transcript.duration_s))}", flush=True)
     return EXIT_FILES_FAILED if failed else EXIT_OK
 
 
@@ -195,10 +191,6 @@ def cmd_service(args: argparse.Namespace, config: Config) -> int:
 EXIT_NO_DAEMON = 3
 
 
-def _counts_line(counts: dict[str, int]) -> str:
-    return ", ".join(f"{count} {state}" for state, count in counts.items())
-
-
 def _queue_counts(config: Config) -> dict[str, int]:
     from svdaemon.jobs import JobQueue
 
@@ -216,17 +208,17 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
         if args.json:
             print(json.dumps({"running": False, "queue": counts}))
         else:
-            print(f"svdaemon is not running\nqueue: {_counts_line(counts)}")
+            print(f"svdaemon is not running\nqueue: {queue_text(counts)}")
         return EXIT_NO_DAEMON
     assert snapshot is not None  # the server always answers status with a snapshot
     if args.json:
         print(json.dumps({"running": True, **snapshot.to_json()}))
         return EXIT_OK
-    print(f"state: {snapshot.state.value} on {snapshot.device} ({snapshot.precision})")
+    print(f"state: {snapshot.state.value} on {device_text(snapshot.device, snapshot.precision)}")
     if snapshot.current_file:
         done = f" {snapshot.progress:.0%}" if snapshot.progress is not None else ""
         print(f"file: {snapshot.current_file}{done}")
-    print(f"queue: {_counts_line(snapshot.queue)}")
+    print(f"queue: {queue_text(snapshot.queue)}")
     if snapshot.vram_total_mb:
         print(
             f"VRAM: svdaemon {snapshot.vram_used_mb} MB; card {snapshot.vram_free_mb} MB free "

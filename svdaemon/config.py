@@ -166,6 +166,13 @@ def load_config(path: Path | None = None, overrides: Mapping[str, object] | None
     return config
 
 
+def effective_precision(device: str, precision: str) -> str:
+    """Half precision is for CUDA; the CPU runs fp32 unless bf16 was asked for."""
+    if device == "cpu":
+        return "bf16" if precision == "bf16" else "fp32"
+    return precision
+
+
 def with_new_watch(current: Config, reloaded: Config) -> tuple[Config, tuple[str, ...]]:
     """What SIGHUP applies: the reloaded watch list, each root with its own settings, at once; and the
     other keys that differ, which the loaded model, open queue and sidecar settings hold until a restart."""

@@ -23,7 +23,14 @@ from typing import TYPE_CHECKING
 
 from svdaemon import __version__
 from svdaemon.child import python_module_command
-from svdaemon.config import Config, WatchRoot, default_watch_folder, load_config, with_new_watch
+from svdaemon.config import (
+    Config,
+    WatchRoot,
+    default_watch_folder,
+    effective_precision,
+    load_config,
+    with_new_watch,
+)
 from svdaemon.control import Command, ControlServer, DaemonState, DeviceChoice, Reply, StatusSnapshot
 from svdaemon.errors import StartupError, SvdaemonError
 from svdaemon.fingerprint import Fingerprint
@@ -305,7 +312,9 @@ class Daemon:
             audio_done_s=current.done_s if current else None,
             audio_total_s=current.duration_s if current else None,
             device=engine.device if engine else self.config.device,
-            precision=engine.precision if engine else self.config.precision,
+            precision=engine.precision
+            if engine
+            else effective_precision(self.config.device, self.config.precision),
             vram_used_mb=vram.used_mb if vram else None,
             vram_total_mb=vram.total_mb if vram else None,
             paused=paused,

@@ -21,6 +21,7 @@ from typing import Protocol
 
 import numpy as np
 
+from svdaemon.config import effective_precision
 from svdaemon.errors import DeviceLost, EnvironmentFault, StartupError
 from svdaemon.features import BatchedFeatures, FrontendShape
 from svdaemon.memory import (
@@ -192,13 +193,6 @@ def resolve_device(spec: str) -> str:
         found = ", ".join(f"cuda:{i}" for i in range(count))
         raise StartupError(f'device: "{spec}" — only {count} GPU{"s" if count > 1 else ""} ({found}) found')
     return f"cuda:{index}"
-
-
-def effective_precision(device: str, precision: str) -> str:
-    """Half precision is for CUDA; the CPU runs fp32 unless bf16 was asked for."""
-    if device == "cpu":
-        return "bf16" if precision == "bf16" else "fp32"
-    return precision
 
 
 def check_model_dir(directory: Path) -> None:

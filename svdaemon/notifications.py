@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import PurePath
 
 from svdaemon.control import StatusSnapshot
-from svdaemon.tray_icon import pending_count
+from svdaemon.status_text import to_do_count
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class NoticeTracker:
         failed = _count(snapshot, "failed") - _count(previous, "failed")
         if failed > 0:
             found.append(failure_notice(failed, self._newest_failed(failed)))
-        if pending_count(snapshot) == 0:
+        if to_do_count(snapshot.queue) == 0:
             quiet, self._quiet = self._quiet, snapshot
             done = _count(snapshot, "done") - _count(quiet, "done") if quiet else 0
             if done > 0:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from PIL import Image, ImageDraw, ImageFont
 
 from svdaemon.control import DaemonState, StatusSnapshot
+from svdaemon.status_text import to_do_count
 
 ICON_SIZE = 64
 BADGE_LIMIT = 99
@@ -56,11 +57,6 @@ class IconLook:
     has_failed: bool
 
 
-def pending_count(snapshot: StatusSnapshot) -> int:
-    """Queued and running jobs; the worker claims several ahead, so `queued` alone undercounts."""
-    return snapshot.queue.get("queued", 0) + snapshot.queue.get("running", 0)
-
-
 def tray_state(snapshot: StatusSnapshot | None) -> TrayState:
     """The one state the icon and the title show; standing aside for any reason but the user's or VRAM's
     (no usable device) is an error the user must act on."""
@@ -80,7 +76,7 @@ def tray_state(snapshot: StatusSnapshot | None) -> TrayState:
 def icon_look(snapshot: StatusSnapshot | None) -> IconLook:
     if snapshot is None:
         return IconLook(TrayState.NOT_RUNNING, 0, False)
-    return IconLook(tray_state(snapshot), pending_count(snapshot), snapshot.queue.get("failed", 0) > 0)
+    return IconLook(tray_state(snapshot), to_do_count(snapshot.queue), snapshot.queue.get("failed", 0) > 0)
 
 
 def badge_text(pending: int) -> str | None:

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import PurePath
 
 from svdaemon.control import Command, DaemonState, DeviceChoice, StatusSnapshot
-from svdaemon.tray_icon import TrayState, pending_count, tray_state
+from svdaemon.status_text import to_do_count, to_do_text
+from svdaemon.tray_icon import TrayState, tray_state
 
 APP = "svdaemon"
 DASH = " — "
@@ -100,7 +101,7 @@ class Fallback:
 
 
 def title(snapshot: StatusSnapshot | None, unreachable: str = "not running") -> str:
-    """`svdaemon — 3 queued · lecture.mp4 41 % · cuda:0 1.8 / 24.0 GB`.
+    """`svdaemon — 3 to do · lecture.mp4 41 % · cuda:0 1.8 / 24.0 GB`.
 
     Working shows no state word; idle says `idle`, paused and error states say why. `unreachable` is what to
     say when no snapshot came (`not running`, or `not responding` for a daemon too slow to answer).
@@ -108,9 +109,8 @@ def title(snapshot: StatusSnapshot | None, unreachable: str = "not running") -> 
     if snapshot is None:
         return f"{APP}{DASH}{unreachable}"
     parts = [word] if (word := _state_word(snapshot)) else []
-    pending = pending_count(snapshot)
-    if pending:
-        parts.append(f"{pending} queued")
+    if to_do_count(snapshot.queue):
+        parts.append(to_do_text(snapshot.queue))
     if snapshot.current_file:
         parts.append(current_file_text(snapshot))
     failed = snapshot.queue.get("failed", 0)
@@ -200,8 +200,8 @@ def build_menu(
 
 
 def status_lines(snapshot: StatusSnapshot) -> tuple[StatusLine, ...]:
-    pending, failed = pending_count(snapshot), snapshot.queue.get("failed", 0)
-    queue = f"{pending} queued" if pending else "empty"
+    failed = snapshot.queue.get("failed", 0)
+    queue = to_do_text(snapshot.queue) if to_do_count(snapshot.queue) else "empty"
     lines = [StatusLine(f"Queue: {queue}" + (f", {failed} failed" if failed else ""))]
     lines.append(
         StatusLine(f"File: {current_file_text(snapshot)}" if snapshot.current_file else "File: none")

@@ -214,7 +214,7 @@ def test_the_title_has_the_issue_form():
         vram_used_mb=1843,
         vram_total_mb=24564,
     )
-    assert title(lecture) == "svdaemon — 3 queued · lecture.mp4 41 % · cuda:0 1.8 / 24.0 GB"
+    assert title(lecture) == "svdaemon — 3 to do · lecture.mp4 41 % · cuda:0 1.8 / 24.0 GB"
 
 
 @pytest.mark.parametrize(
@@ -224,16 +224,16 @@ def test_the_title_has_the_issue_form():
         (IDLE, "svdaemon — idle · cuda:0 0.0 / 24.0 GB"),
         (
             snapshot_for(TrayState.WORKING),
-            "svdaemon — 4 queued · talk.mp4 25 % · 1 failed · cuda:0 1.8 / 8.0 GB",
+            "svdaemon — 4 to do · talk.mp4 25 % · 1 failed · cuda:0 1.8 / 8.0 GB",
         ),
-        (snapshot_for(TrayState.ON_CPU), "svdaemon — 4 queued · talk.mp4 25 % · 1 failed · cpu"),
+        (snapshot_for(TrayState.ON_CPU), "svdaemon — 4 to do · talk.mp4 25 % · 1 failed · cpu"),
         (
             snapshot_for(TrayState.PAUSED_BY_USER),
-            "svdaemon — paused · 4 queued · talk.mp4 25 % · 1 failed · cuda:0 1.8 / 8.0 GB",
+            "svdaemon — paused · 4 to do · talk.mp4 25 % · 1 failed · cuda:0 1.8 / 8.0 GB",
         ),
         (
             dataclasses.replace(snapshot_for(TrayState.YIELDING_VRAM), current_file=None),
-            "svdaemon — waiting for GPU memory · 4 queued · 1 failed · cuda:0 1.8 / 8.0 GB",
+            "svdaemon — waiting for GPU memory · 4 to do · 1 failed · cuda:0 1.8 / 8.0 GB",
         ),
         (
             dataclasses.replace(
@@ -260,11 +260,11 @@ def test_a_slow_daemon_reads_as_not_responding():
 
 
 def test_titles_for_the_xorg_backend_are_latin1():
-    safe = latin1_safe("svdaemon — 1 queued · 会议.mp4 3 %")
-    assert safe == "svdaemon - 1 queued · ??.mp4 3 %"
+    safe = latin1_safe("svdaemon — 1 to do · 会议.mp4 3 %")
+    assert safe == "svdaemon - 1 to do · ??.mp4 3 %"
     safe.encode("latin-1")
     assert view_of(Reading(SNAPSHOT), Fallback((), "x"), latin1=True).title.startswith(
-        "svdaemon - 4 queued · "
+        "svdaemon - 4 to do · "
     )
 
 
@@ -275,7 +275,7 @@ FALLBACK = Fallback(("/home/u/Transcribe",), "/home/u/.local/state/svdaemon/svda
 
 def test_the_menu_of_a_working_daemon_item_by_item():
     assert build_menu(SNAPSHOT, FALLBACK) == (
-        StatusLine("Queue: 4 queued, 1 failed"),
+        StatusLine("Queue: 4 to do, 1 failed"),
         StatusLine("File: talk.mp4 25 %"),
         StatusLine("Device: cuda:0, VRAM 1.8 / 8.0 GB"),
         StatusLine("Last error: bad.mp3: not an audio file"),
@@ -362,7 +362,7 @@ def test_the_pystray_menu_follows_the_entries_and_calls_back_with_actions(pystra
     menu = pystray_menu(pystray, build_menu(SNAPSHOT, FALLBACK), chosen.append)
     items = list(menu)  # pystray folds the separators into its own
     assert [item.text for item in items] == [
-        "Queue: 4 queued, 1 failed",
+        "Queue: 4 to do, 1 failed",
         "File: talk.mp4 25 %",
         "Device: cuda:0, VRAM 1.8 / 8.0 GB",
         "Last error: bad.mp3: not an audio file",
