@@ -8,9 +8,10 @@ both channels, and past full scale when both are loud.
 Error rule: every problem found before the first sample (missing, unreadable or empty file, not media, no
 audio stream, no decoder, data that never decodes, no samples at all) raises DecodeError, and `probe`
 finds each of them up front. After audio has come out, data errors never raise: an undecodable packet is
-skipped and counted, a demuxer that gives up ends the stream, and a warning says what was lost (a file
-that ends well before the duration its header states is reported the same way, as truncated). Only a
-failure of the operating system to read the file raises mid-stream, since the rest of it is unknowable.
+skipped and counted, a demuxer that gives up ends the stream, and a warning says what was lost (audio that
+ends well before the duration the headers state for it is reported the same way, as truncated; see
+`_Progress.short_of_s`). Only a failure of the operating system to read the file raises mid-stream, since
+the rest of it is unknowable.
 
 A long file can be decoded in pieces on several cores: `decode_blocks(..., span=SampleSpan(first, end))`
 seeks to shortly before `first` instead of decoding from the start, and pieces that tile the file join
@@ -25,9 +26,10 @@ import itertools
 import logging
 import math
 import os
+import re
 import stat
-from collections.abc import Generator, Iterable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -46,6 +48,17 @@ _ISO_639_2 = {"zh": ("zho", "chi"), "en": ("eng",), "ja": ("jpn",), "ko": ("kor"
 # A file whose audio ends this much before its stated duration is reported as truncated.
 _SHORTFALL_S = 1.0
 _SHORTFALL_FRACTION = 0.02
+
+# The DURATION tag Matroska muxers (FFmpeg, mkvmerge) write for each track, "HH:MM:SS.nnnnnnnnn": Matroska has
+# no per-track duration element, so FFmpeg's demuxer gives the tracks none and leaves this as a tag.
+_MATROSKA_DURATION = re.compile(r"(\d+):([0-5]\d):([0-5]\d(?:\.\d+)?)")
+
+# PyAV 17 and 18 decode every tag when they open a file, strictly unless told otherwise, so one tag that is
+# not UTF-8 (a title a Windows tagger wrote in cp1252) would fail the whole file. PyAV 19 took the option away
+# and always decodes tags with surrogate escapes, which cannot fail; `_tag` makes both read the same.
+_OPEN_OPTIONS = (
+    {"metadata_errors": "replace"} if hasattr(av.container.InputContainer, "metadata_errors") else {}
+)
 
 # A piece decodes this much before its first sample and drops it: the decoder's warm-up after a seek (MP3's
 # bit reservoir and overlap: 3 frames, 78 ms at 44.1 kHz; AAC and Vorbis: 1 frame; Opus converges to the
@@ -93,7 +106,8 @@ def probe(path: Path, audio_language: str | None = None) -> AudioInfo:
     with _open(path) as container:
         stream = _select_stream(container, path, audio_language)
         first = next(_frames(container, stream, path))
-        stated_s = _stated_duration_s(container, stream)
+        stated = _stated_duration(container, stream)
+        stated_s = stated.seconds if stated else None
         info = AudioInfo(
             path=path,
             duration_s=stated_s or 0.0,  # measured below when no header states it
@@ -101,7 +115,7 @@ def probe(path: Path, audio_language: str | None = None) -> AudioInfo:
             codec=stream.codec_context.name,
             channels=first.layout.nb_channels,
             sample_rate=first.sample_rate,
-            language=stream.metadata.get("language"),
+            language=_tag(stream.metadata, "language"),
             seeks_exactly=_seeks_exactly(first, stream),
         )
     return info if stated_s else replace(info, duration_s=_scanned_duration_s(path, info.stream_index))
@@ -121,11 +135,11 @@ def decode_blocks(
         raise ValueError(f"block_s must be positive, got {block_s}")
     with _open(path) as container:
         stream = _select_stream(container, path, audio_language)
-        stated_s = _stated_duration_s(container, stream)
+        stated = _stated_duration(container, stream)
         if span is None:
-            samples = _mono_16k(_frames(container, stream, path, stated_s))
+            samples = _mono_16k(_frames(container, stream, path, stated))
         else:
-            samples = _span_samples(container, stream, path, stated_s, span)
+            samples = _span_samples(container, stream, path, stated, span)
         yield from _filled_blocks(samples, block_len)
 
 
@@ -162,19 +176,68 @@ class _Timeline:
         return self.origin_pts + math.floor(index / (self.time_base * self.rate))
 
 
+@dataclass(frozen=True)
+class _Stated:
+    """The audio's duration as the headers state it, and whether it is the audio stream's own.
+
+    Not its own (`own` False) when only the container states a duration while it holds other streams: that is
+    the longest stream's, and a video that runs on after the audio stops (a screen recording) outlasts it.
+    """
+
+    seconds: float
+    own: bool
+
+
+@dataclass
+class _PacketEnds:
+    """Where the demuxer found the last packet of each stream, on the file's clock (one for all streams).
+
+    Kept as integer ticks in each stream's time base, so noting a packet costs no rational arithmetic.
+    """
+
+    audio_index: int
+    ends: dict[int, tuple[int, Fraction]] = field(default_factory=dict)
+
+    def note(self, packet: av.Packet) -> None:
+        if packet.pts is None or not packet.time_base:
+            return  # the flush packets at the end, and packets a demuxer cannot place
+        index = packet.stream.index  # not packet.stream_index: PyAV leaves it 0 on flush packets
+        end = packet.pts + (packet.duration or 0)
+        if index not in self.ends or end > self.ends[index][0]:
+            self.ends[index] = (end, packet.time_base)
+
+    def others_past_audio_s(self) -> float:
+        """How far past the audio's last packet the other streams' packets go; 0.0 when they do not."""
+        seconds = {index: float(end * time_base) for index, (end, time_base) in self.ends.items()}
+        audio_s = seconds.pop(self.audio_index, 0.0)
+        return max(0.0, max(seconds.values(), default=audio_s) - audio_s)
+
+
 @dataclass
 class _Progress:
     """How far decoding got and what it lost on the way, for the error rule; updated as decoding goes.
 
     A piece counts only the undecodable packets whose timestamps fall in its own `window` (pts [low, high)),
     so pieces that tile a file report each loss once, and none for the warm-up before their first sample.
+    `packet_ends` is kept only when the stated duration may be another stream's (see `short_of_s`): the
+    decode then reads every stream's packets, not only the audio's.
     """
 
+    stated: _Stated | None = None
+    window: tuple[int | None, int | None] | None = None
+    packet_ends: _PacketEnds | None = None
     position_s: float | None = None  # on the whole file's timeline; None until a frame has decoded
     skipped: int = 0
     first_error: str | None = None
     stopped: str | None = None
-    window: tuple[int | None, int | None] | None = None
+
+    @classmethod
+    def of(
+        cls, stream, stated: _Stated | None, window: tuple[int | None, int | None] | None = None
+    ) -> _Progress:
+        """A fresh count for a decode of `stream`, watching the other streams where the error rule needs it."""
+        watch = stated is not None and not stated.own
+        return cls(stated, window, _PacketEnds(stream.index) if watch else None)
 
     def skip(self, packet: av.Packet | None, error: av.error.FFmpegError) -> None:
         low, high = self.window or (None, None)
@@ -183,16 +246,32 @@ class _Progress:
             self.skipped += 1
             self.first_error = self.first_error or _cause(error)
 
-    def report(self, path: Path, stated_s: float | None) -> None:
+    def short_of_s(self) -> float | None:
+        """The stated duration, when the audio, decoded to the end of its stream, fell well short of it.
+
+        A container's own duration is its longest stream's. When the demuxer found other streams' packets well
+        past the audio's last one, the audio ended there by itself (a recording whose sound stopped early, a
+        shorter dub) and the file is not short; a file that was cut ends all its streams at about one time.
+        """
+        if self.stated is None:
+            return None
+        allowed_s = max(_SHORTFALL_S, _SHORTFALL_FRACTION * self.stated.seconds)
+        if self.stated.seconds - (self.position_s or 0.0) <= allowed_s:
+            return None
+        if self.packet_ends is not None and self.packet_ends.others_past_audio_s() > allowed_s:
+            return None
+        return self.stated.seconds
+
+    def report(self, path: Path, at_end: bool = True) -> None:
         """Warn, in one line, about audio that did not decode: the transcript will be partial.
 
-        `stated_s` None: the decode did not run to the end of the stream, so it cannot be short of it.
+        `at_end` False: the decode did not run to the end of the stream, so it cannot be short of it.
         """
         losses = []
         reached_s = self.position_s or 0.0
         if self.stopped:
             losses.append(f"decoding stopped at {reached_s:.1f} s ({self.stopped})")
-        elif stated_s and stated_s - reached_s > max(_SHORTFALL_S, _SHORTFALL_FRACTION * stated_s):
+        elif at_end and (stated_s := self.short_of_s()):
             losses.append(f"decoding stopped at {reached_s:.1f} s of the {stated_s:.1f} s the file states")
         if self.skipped:
             losses.append(f"skipped {self.skipped} undecodable packet(s) ({self.first_error})")
@@ -201,15 +280,15 @@ class _Progress:
 
 
 def _frames(
-    container: av.container.InputContainer, stream, path: Path, stated_s: float | None = None
+    container: av.container.InputContainer, stream, path: Path, stated: _Stated | None = None
 ) -> Iterator[av.AudioFrame]:
     """The decoded frames of a whole stream, applying the module's error rule as they come."""
-    progress = _Progress()
+    progress = _Progress.of(stream, stated)
     yield from _decoded(container, stream, path, progress)
     if progress.position_s is None:
         cause = progress.first_error and f"corrupt data ({progress.first_error})"
         raise DecodeError(f"{path}: {cause or 'zero duration (no audio samples)'}")
-    progress.report(path, stated_s)
+    progress.report(path)
 
 
 def _decoded(
@@ -223,7 +302,8 @@ def _decoded(
 
     The position starts at the first frame's timestamp on `timeline`, else at zero.
     """
-    packets = container.demux(stream)
+    ends = progress.packet_ends
+    packets = container.demux(stream) if ends is None else container.demux()
     while True:
         try:
             packet = next(packets)
@@ -235,6 +315,10 @@ def _decoded(
                 raise DecodeError(f"{path}: read error at {at_s:.1f} s ({_cause(error)})") from error
             progress.stopped = progress.first_error = progress.first_error or _cause(error)
             packet = None  # flush what the decoder still holds, then stop
+        if packet is not None and ends is not None:
+            ends.note(packet)
+            if packet.stream.index != stream.index:
+                continue
         try:
             frames = stream.codec_context.decode(packet)
         except av.error.FFmpegError as error:
@@ -252,7 +336,7 @@ def _decoded(
 
 
 def _span_samples(
-    container: av.container.InputContainer, stream, path: Path, stated_s: float | None, span: SampleSpan
+    container: av.container.InputContainer, stream, path: Path, stated: _Stated | None, span: SampleSpan
 ) -> Iterator[np.ndarray]:
     """The samples of `span`, resampled from an input index where the whole decode's 16 kHz grid falls.
 
@@ -269,13 +353,19 @@ def _span_samples(
     start = max(0, (span.first * rate // SAMPLE_RATE - margin) // period * period)
     timeline = _Timeline(origin.pts, stream.time_base, rate) if _seeks_exactly(origin, stream) else None
     window = timeline and _pts_window(timeline, span)
+
+    def fresh_progress() -> _Progress:
+        return _Progress.of(stream, stated, window)
+
     with contextlib.ExitStack() as stack:
         found = None
         if start and timeline:
-            found = _seeked_frames(container, stream, path, timeline, window, start, margin, _source(origin))
+            found = _seeked_frames(
+                container, stream, path, timeline, fresh_progress, start, margin, _source(origin)
+            )
         if found is None:  # a span within the margin of the start, no exact timestamps, or seeking failed
             fresh = stack.enter_context(_open(path))
-            start, progress = 0, _Progress(window=window)
+            start, progress = 0, fresh_progress()
             frames = _decoded(fresh, fresh.streams[stream.index], path, progress)
         else:
             frames, progress = found
@@ -283,7 +373,7 @@ def _span_samples(
         ran_out = yield from _trimmed(_mono_16k(frames), span.first - start * SAMPLE_RATE // rate, count)
     # A shortfall is reported by the piece in which the audio ends, not by those after it.
     reached_span = (progress.position_s or 0.0) > span.first / SAMPLE_RATE
-    progress.report(path, stated_s if ran_out and reached_span else None)
+    progress.report(path, at_end=ran_out and reached_span)
 
 
 def _seeks_exactly(first: av.AudioFrame, stream) -> bool:
@@ -292,9 +382,8 @@ def _seeks_exactly(first: av.AudioFrame, stream) -> bool:
     Not so for Matroska, WebM and ASF (WMA), which count milliseconds (rounded, whatever the rate), nor for
     AVI, which counts codec frames: a span of those is decoded from the start of the file.
     """
-    return (
-        first.pts is not None and stream.time_base is not None and stream.time_base * first.sample_rate <= 1
-    )
+    # Not `time_base is not None`: PyAV 19 states an unknown time base as a falsy AVRational(0, 1), not None.
+    return first.pts is not None and bool(stream.time_base) and stream.time_base * first.sample_rate <= 1
 
 
 def _pts_window(timeline: _Timeline, span: SampleSpan) -> tuple[int | None, int | None]:
@@ -309,7 +398,7 @@ def _seeked_frames(
     stream,
     path: Path,
     timeline: _Timeline,
-    window: tuple[int | None, int | None],
+    fresh_progress: Callable[[], _Progress],
     start: int,
     margin: int,
     source: tuple[str, str, int],
@@ -327,7 +416,7 @@ def _seeked_frames(
         except av.error.FFmpegError as error:
             logger.debug("%s: cannot seek (%s); decoding from the start", path, _cause(error))
             return None
-        progress = _Progress(window=window)
+        progress = fresh_progress()
         frames = _decoded(container, stream, path, progress, timeline)
         first = next(frames, None)
         if first is None:
@@ -394,7 +483,7 @@ def _open(path: Path) -> av.container.InputContainer:
         raise DecodeError(f"{path}: empty file (0 bytes)")
     try:
         # Absolute, so FFmpeg never reads a name like "take:2.mp3" as a "take:" protocol URL.
-        return av.open(os.fspath(path.absolute()), metadata_errors="replace")
+        return av.open(os.fspath(path.absolute()), **_OPEN_OPTIONS)
     except PermissionError:
         raise DecodeError(f"{path}: permission denied") from None
     except av.error.InvalidDataError:
@@ -411,7 +500,7 @@ def _select_stream(container: av.container.InputContainer, path: Path, audio_lan
     chosen = container.streams.best("audio") or streams[0]
     if audio_language:
         wanted = _language_codes(audio_language)
-        tags = [stream.metadata.get("language") for stream in streams]
+        tags = [_tag(stream.metadata, "language") for stream in streams]
         matches = [s for s, tag in zip(streams, tags, strict=True) if tag and _language_codes(tag) & wanted]
         if matches:
             chosen = matches[0]
@@ -464,13 +553,36 @@ def _averaged(frames: list[av.AudioFrame]) -> Iterator[np.ndarray]:
         yield interleaved[:, 0] if interleaved.shape[1] == 1 else interleaved.mean(axis=1, dtype=np.float32)
 
 
-def _stated_duration_s(container: av.container.InputContainer, stream) -> float | None:
-    """The audio stream's duration from the headers (the container's when the stream states none)."""
+def _stated_duration(container: av.container.InputContainer, stream) -> _Stated | None:
+    """The audio stream's duration from the headers, else the container's; None when neither states one."""
     if stream.duration is not None and stream.time_base:
-        return float(stream.duration * stream.time_base)
+        return _Stated(float(stream.duration * stream.time_base), own=True)
+    if tagged_s := _matroska_duration_s(container, stream):
+        return _Stated(tagged_s, own=True)
     if container.duration is not None:
-        return container.duration / av.time_base
+        return _Stated(container.duration / av.time_base, own=len(container.streams) == 1)
     return None
+
+
+def _matroska_duration_s(container: av.container.InputContainer, stream) -> float | None:
+    """A Matroska or WebM track's own duration, from its DURATION tag; None without a well-formed one."""
+    if "matroska" not in container.format.name:  # "matroska,webm"
+        return None
+    match = _MATROSKA_DURATION.fullmatch((_tag(stream.metadata, "DURATION") or "").strip())
+    if match is None:
+        return None
+    hours, minutes, seconds = match.groups()
+    return (int(hours) * 60 + int(minutes)) * 60 + float(seconds) or None
+
+
+def _tag(metadata: Mapping[str, str], key: str) -> str | None:
+    """A tag's text, alike on every PyAV: bytes that were not UTF-8 read as U+FFFD.
+
+    PyAV 17 and 18 replace them so when the file opens (see `_OPEN_OPTIONS`); PyAV 19 keeps them as surrogate
+    escapes, which would raise wherever the text is encoded again (a UTF-8 log file, a JSON sidecar).
+    """
+    value = metadata.get(key)
+    return None if value is None else value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _scanned_duration_s(path: Path, stream_index: int) -> float:

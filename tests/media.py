@@ -11,7 +11,7 @@ import io
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import BinaryIO
@@ -49,6 +49,9 @@ _VIDEO_FPS = 4
 _VIDEO_SIZE = 64
 _CHUNK = 4096
 
+# A title whose Latin-1 bytes are not UTF-8 (0xE9 "é" is a lead byte with no continuation byte after it).
+LATIN1_TITLE = "Café Ñandú"
+
 
 @dataclass(frozen=True)
 class Track:
@@ -71,11 +74,20 @@ def write_audio(path: Path, samples: np.ndarray, rate: int, language: str | None
     return write_tracks(path, [Track(samples, rate, language)])
 
 
-def write_tracks(path: Path, tracks: Sequence[Track], streamed: bool = False) -> Path:
+def write_tracks(
+    path: Path,
+    tracks: Sequence[Track],
+    streamed: bool = False,
+    title: str | None = None,
+    video_s: float | None = None,
+) -> Path:
     """Several audio tracks in one container, plus a tiny video track if the container is a video one.
 
     `streamed` writes through a pipe-like, unseekable file, as live recorders (browsers' MediaRecorder,
     screen capture) do: muxers that go back to store the duration (Matroska, WebM) then leave it out.
+    `title` tags the file and every audio track. The video lasts `video_s` (a screen recording whose sound
+    stopped early runs longer than its audio), else as long as the longest audio track. Packets are
+    interleaved by the muxer, which holds up to 10 s of one stream waiting for the others.
     """
     seconds = max(_as_planar(track.samples).shape[1] / track.rate for track in tracks)
     with _output(path, streamed) as out:
@@ -83,12 +95,58 @@ def write_tracks(path: Path, tracks: Sequence[Track], streamed: bool = False) ->
         for stream, track in zip(streams, tracks, strict=True):
             if track.language:
                 stream.metadata["language"] = track.language
+            if title:
+                stream.metadata["title"] = title
+        if title:
+            out.metadata["title"] = title
         video = _add_video(out, path) if path.suffix.lower() in VIDEO_CODECS else None
         out.start_encoding()  # the header, even for a track with no samples at all
         if video is not None:
-            _write_video(out, video, seconds)
+            _write_video(out, video, seconds if video_s is None else video_s)
         for stream, track in zip(streams, tracks, strict=True):
             _encode_audio(out, stream, _chunks(_as_planar(track.samples)), track.rate)
+    return path
+
+
+def write_latin1_tagged(path: Path, tracks: Sequence[Track], title: str = LATIN1_TITLE) -> Path:
+    """`write_tracks` with tags in Latin-1 where the container says UTF-8, as old taggers leave them.
+
+    `title` tags the file and every audio track, and a track's language may be Latin-1 too ("qéq"). Each
+    such tag is written as an ASCII stand-in of its length, whose bytes are then overwritten: the audio is
+    exactly what `write_tracks` writes. Not for Ogg, whose pages carry checksums, nor ASF or MPEG-TS, whose
+    muxers write tags in UTF-16 or not at all.
+    """
+    swaps: dict[bytes, bytes] = {}
+
+    def stand_in(text: str) -> str:
+        latin1 = text.encode("latin-1")
+        if latin1.isascii():
+            return text
+        code = (f"q{chr(ord('a') + len(swaps))}" * len(latin1))[: len(latin1)]
+        swaps[code.encode("ascii")] = latin1
+        return code
+
+    ascii_tracks = [replace(track, language=track.language and stand_in(track.language)) for track in tracks]
+    write_tracks(path, ascii_tracks, title=stand_in(title))
+    data = path.read_bytes()
+    for code, latin1 in swaps.items():
+        if code not in data:
+            raise ValueError(f"{path}: the muxer did not store the tag {code!r} as written")
+        data = data.replace(code, latin1)
+    path.write_bytes(data)
+    return path
+
+
+def hide_track_durations(path: Path) -> Path:
+    """Rename the per-track DURATION tags of a Matroska file FFmpeg wrote, leaving the segment's duration.
+
+    As files from muxers that state no duration per track are, or whose tags sit at the end (mkvmerge) and
+    were lost to a cut: only the container states a duration, its longest stream's.
+    """
+    data = path.read_bytes()
+    if b"DURATION" not in data:
+        raise ValueError(f"{path}: no DURATION tags")
+    path.write_bytes(data.replace(b"DURATION", b"DURATIOX"))  # the same length: the file's layout holds
     return path
 
 
@@ -260,7 +318,7 @@ def _add_video(container: av.container.OutputContainer, path: Path):
 
 
 def _write_video(container, stream, seconds: float) -> None:
-    """Grey frames ending no later than `seconds`, so the video never outlasts the audio."""
+    """Grey frames ending no later than `seconds`."""
     for index in range(max(1, math.floor(seconds * _VIDEO_FPS))):
         image = np.full((_VIDEO_SIZE, _VIDEO_SIZE, 3), (index * 37) % 256, dtype=np.uint8)
         frame = av.VideoFrame.from_ndarray(image, format="rgb24")

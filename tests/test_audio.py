@@ -160,6 +160,56 @@ def test_audio_language_without_a_match_warns_and_uses_the_default(two_tracks: P
     assert "'ko'" in record.getMessage() and "eng, jpn" in record.getMessage()
 
 
+def raw_title(path: Path) -> bytes:
+    """The file's title tag as FFmpeg hands it over, byte for byte, whichever PyAV reads it."""
+    if hasattr(av.container.InputContainer, "metadata_encoding"):  # PyAV 17 and 18 decode tags at open
+        with av.open(str(path), metadata_encoding="latin-1") as container:
+            return container.metadata["title"].encode("latin-1")
+    with av.open(str(path)) as container:  # PyAV 19: UTF-8 with surrogate escapes, byte exact
+        return container.metadata["title"].encode("utf-8", "surrogateescape")
+
+
+@pytest.mark.parametrize("ext", [".wav", ".mp3", ".m4a", ".flac", ".mkv"])
+def test_tags_that_are_not_utf8_neither_fail_nor_change_the_audio(tmp_path: Path, ext: str, caplog):
+    """Old taggers wrote titles in Latin-1 or cp1252 where the container says UTF-8; the audio is still there."""
+    tracks = [media.Track(media.tone(TONE_HZ, 2.0, SOURCE_RATE, channels=2), SOURCE_RATE)]
+    plain = media.write_tracks(tmp_path / f"plain{ext}", tracks, title="Cafe Nandu")
+    tagged = media.write_latin1_tagged(tmp_path / f"latin-1{ext}", tracks)
+    assert raw_title(tagged) == media.LATIN1_TITLE.encode("latin-1")  # handed over as it is: not UTF-8
+
+    with caplog.at_level(logging.WARNING, logger="svdaemon.audio"):
+        info = probe(tagged)
+        samples = decode_all(tagged)
+
+    assert info.duration_s == probe(plain).duration_s and info.channels == 2
+    assert np.array_equal(samples, decode_all(plain))
+    assert peak_hz(samples) == pytest.approx(TONE_HZ, abs=1.0)
+    assert not caplog.records
+
+
+def test_language_tags_that_are_not_utf8_read_alike_on_every_pyav(tmp_path: Path, caplog):
+    """PyAV 19 hands undecodable tags over as surrogate escapes, which no UTF-8 log file or JSON takes."""
+    path = media.write_latin1_tagged(
+        tmp_path / "dubbed.mkv",
+        [
+            media.Track(media.tone(440, 2.0, SOURCE_RATE), SOURCE_RATE, "q\xe9q"),
+            media.Track(media.tone(880, 2.0, SOURCE_RATE), SOURCE_RATE, "jpn"),
+        ],
+    )
+
+    with caplog.at_level(logging.WARNING, logger="svdaemon.audio"):
+        default = probe(path)
+        japanese = probe(path, "ja")
+        assert peak_hz(decode_all(path, audio_language="ja")) == pytest.approx(880, abs=1.0)
+        assert not caplog.records
+        assert peak_hz(decode_all(path, audio_language="ko")) == pytest.approx(440, abs=1.0)
+
+    assert default.language == "q\ufffdq" and japanese.language == "jpn"
+    (record,) = caplog.records
+    assert "(tracks: q\ufffdq, jpn)" in record.getMessage()
+    record.getMessage().encode("utf-8")  # no surrogates: a log file in UTF-8 takes it
+
+
 def missing(directory: Path) -> Path:
     return directory / "missing.wav"
 
@@ -279,6 +329,54 @@ def test_truncated_mp3_keeps_what_decodes_and_says_where_it_stopped(tmp_path: Pa
     (record,) = caplog.records
     assert record.levelno == logging.WARNING
     assert str(path) in record.getMessage() and f"stopped at {decoded_s:.1f} s" in record.getMessage()
+
+
+def short_sound(path: Path, hidden_durations: bool = False) -> Path:
+    """A screen recording whose sound stopped early: 3 s of audio, 8 s of video."""
+    recording = media.write_tracks(
+        path, [media.Track(media.tone(TONE_HZ, 3.0, SOURCE_RATE), SOURCE_RATE)], video_s=8.0
+    )
+    return media.hide_track_durations(recording) if hidden_durations else recording
+
+
+@pytest.mark.parametrize(
+    ("name", "hidden_durations"),
+    [("screen.mkv", False), ("screen.webm", False), ("screen.mp4", False), ("no-track-durations.mkv", True)],
+)
+def test_video_that_outlasts_the_audio_is_not_truncation(tmp_path: Path, name: str, hidden_durations, caplog):
+    """The container's duration is its longest stream's; audio that ends before the video is all there is."""
+    path = short_sound(tmp_path / name, hidden_durations)
+    with av.open(str(path)) as container:
+        assert container.duration / av.time_base == pytest.approx(8.0, abs=0.05)
+
+    with caplog.at_level(logging.WARNING, logger="svdaemon.audio"):
+        info = probe(path)
+        samples = decode_all(path)
+
+    assert not caplog.records
+    assert samples.size / SAMPLE_RATE == pytest.approx(3.0, abs=LENGTH_TOLERANCE_S.get(path.suffix, 0.020))
+    assert peak_hz(samples) == pytest.approx(TONE_HZ, abs=1.0)
+    # The audio's own duration where the file states one; else the container's, at most the file's length.
+    assert info.duration_s == pytest.approx(8.0 if hidden_durations else 3.0, abs=0.05)
+
+
+@pytest.mark.parametrize(
+    "hidden_durations", [False, True], ids=["track durations", "container duration only"]
+)
+def test_a_cut_video_file_still_warns(tmp_path: Path, hidden_durations: bool, caplog):
+    """A cut ends every stream at about one time: the audio falls short of the duration, and the video with it."""
+    tone = media.tone(TONE_HZ, 8.0, SOURCE_RATE)
+    path = media.write_tracks(tmp_path / "cut.mkv", [media.Track(tone, SOURCE_RATE)])
+    media.truncate(media.hide_track_durations(path) if hidden_durations else path, 0.6)
+
+    with caplog.at_level(logging.WARNING, logger="svdaemon.audio"):
+        samples = decode_all(path)
+
+    decoded_s = samples.size / SAMPLE_RATE
+    assert 3.0 < decoded_s < 6.0
+    (record,) = caplog.records
+    assert str(path) in record.getMessage()
+    assert f"stopped at {decoded_s:.1f} s of the 8.0 s the file states" in record.getMessage()
 
 
 def test_damage_in_the_middle_is_skipped_and_counted(tmp_path: Path, caplog):

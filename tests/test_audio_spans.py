@@ -235,6 +235,29 @@ def test_a_truncated_file_is_reported_once_by_the_piece_where_it_ends(folder: Pa
     assert f"stopped at {expected.size / SAMPLE_RATE:.1f} s of the" in record.getMessage()
 
 
+@pytest.mark.parametrize("name", ["screen.mp4", "no-track-durations.mkv"])
+def test_pieces_of_a_video_that_outlasts_its_audio_say_nothing(folder: Path, name: str, caplog):
+    """A screen recording whose sound stopped early: the piece where the audio ends takes no loss from it.
+
+    The MP4 states the audio's own duration and its pieces seek; the Matroska file states only the
+    container's (the video's), and its pieces are decoded from the start, reading every stream's packets.
+    """
+    tone = media.Track(media.tone(440.0, 6.0, 44100, channels=2), 44100)
+    path = media.write_tracks(folder / name, [tone], video_s=12.0)
+    if path.suffix == ".mkv":
+        media.hide_track_durations(path)
+
+    with caplog.at_level(logging.WARNING, logger="svdaemon.audio"):
+        expected = whole(path)
+        got = joined(
+            path, [0, expected.size // 3 + 17, expected.size * 2 // 3 + 5, expected.size + 1000, None]
+        )
+
+    assert expected.size / SAMPLE_RATE == pytest.approx(6.0, abs=0.04)
+    np.testing.assert_array_equal(got, expected)
+    assert not caplog.records
+
+
 def test_each_undecodable_packet_is_counted_by_one_piece(folder: Path, mp3: Path, caplog):
     path = media.scramble(
         media.scramble(Path(shutil.copy(mp3, folder / "damaged.mp3")), 0.3, 3000, 1), 0.7, 3000, 2

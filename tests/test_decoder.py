@@ -186,6 +186,27 @@ def test_child_warnings_reach_the_parent_log(decoder: DecoderProcess, tmp_path: 
     assert str(path) in record.getMessage() and f"stopped at {decoded_s:.1f} s" in record.getMessage()
 
 
+def test_tags_that_are_not_utf8_cross_from_the_child(decoder: DecoderProcess, tmp_path: Path, caplog):
+    """A Latin-1 title and language tag: probe, blocks and the track-choice warning come back as in process."""
+    path = media.write_latin1_tagged(
+        tmp_path / "dubbed.mkv",
+        [
+            media.Track(media.tone(TONE_HZ, 2.0, 44100), 44100, "q\xe9q"),
+            media.Track(media.tone(880.0, 2.0, 44100), 44100, "jpn"),
+        ],
+    )
+
+    with caplog.at_level(logging.WARNING, logger="svdaemon.audio"):
+        info = decoder.probe(path, "ko")
+        blocks = list(decoder.blocks(path, "ko", duration_s=info.duration_s))
+
+    assert info == audio.probe(path, "ko") and info.language == "q\ufffdq"
+    assert_same_blocks(blocks, [block.copy() for block in audio.decode_blocks(path, BLOCK_S, "ko")])
+    assert [record.getMessage() for record in caplog.records] == [
+        f"{path}: no audio track in language 'ko' (tracks: q\ufffdq, jpn); using track #0"
+    ] * 4  # the child's probe and decode, then the same two in process
+
+
 def test_child_does_not_load_torch(decoder: DecoderProcess, files: dict[str, Path]):
     list(decoder.blocks(files["mp3"]))
     mapped = Path(f"/proc/{decoder.pid}/maps").read_text()
