@@ -335,6 +335,45 @@ def split_tags(pieces: Sequence[str]) -> tuple[dict[str, str | bool], int]:
     return tags, count
 
 
+def is_special(sp, token_id: int) -> bool:
+    """A piece that marks rather than spells: SentencePiece's control pieces (`<s>`, `</s>`), `<unk>`, unused
+    ids and SenseVoice's `<|...|>` tags. Its surface form is markup, so it never becomes text."""
+    return (
+        sp.IsControl(token_id)
+        or sp.IsUnknown(token_id)
+        or sp.IsUnused(token_id)
+        or _TAG.match(sp.IdToPiece(token_id)) is not None
+    )
+
+
+def build_segment(sp, piece: SpeechLike, recognition: Recognition, default_itn: bool) -> Segment:
+    """The Segment of one recognised piece: its leading tags read, every special piece dropped.
+
+    Special pieces are dropped here, where the text is made, so neither `Segment.text` nor its tokens ever
+    carry one and no sidecar format has to strip them.
+    """
+    tags, tag_count = split_tags([sp.IdToPiece(token.token_id) for token in recognition.tokens[:4]])
+    body = [token for token in recognition.tokens[tag_count:] if not is_special(sp, token.token_id)]
+    duration_s = len(piece.samples) / SAMPLE_RATE
+    tokens = []
+    for text, positions in _piece_texts(sp, [token.token_id for token in body]):
+        first = body[positions[0]].first_frame - QUERY_FRAMES
+        last = body[positions[-1]].last_frame - QUERY_FRAMES
+        start = min(max(first * FRAME_S - FRAME_S / 2, 0.0), duration_s)
+        end = min(max((last + 1) * FRAME_S - FRAME_S / 2, start), duration_s)
+        tokens.append(Token(text, round(piece.start_s + start, 3), round(piece.start_s + end, 3)))
+    return Segment(
+        start_s=round(piece.start_s, 3),
+        end_s=round(piece.start_s + duration_s, 3),
+        text=sp.DecodeIds([token.token_id for token in body]).strip(),
+        language=str(tags.get("language", "")),
+        emotion=str(tags.get("emotion", "")),
+        event=str(tags.get("event", "")),
+        itn=bool(tags.get("itn", default_itn)),
+        tokens=tuple(tokens),
+    )
+
+
 def _piece_texts(sp, ids: Sequence[int]) -> list[tuple[str, list[int]]]:
     """Surface text per token; byte-fallback pieces are joined until they form whole characters."""
     out: list[tuple[str, list[int]]] = []
@@ -614,7 +653,7 @@ class SenseVoiceEngine:
         for batch in plan_batches(lengths, self.batch_limit.fits):
             raw = self._recognize_backing_off([pieces[i].samples for i in batch], language)
             for index, recognition in zip(batch, raw, strict=True):
-                results[index] = self._segment(pieces[index], recognition)
+                results[index] = build_segment(self._sp, pieces[index], recognition, self.settings.use_itn)
             done += sum(lengths[i] for i in batch)
             if progress:
                 progress(done / total)
@@ -657,34 +696,4 @@ class SenseVoiceEngine:
             self.device,
             items,
             longest_samples / SAMPLE_RATE,
-        )
-
-    def _segment(self, piece: SpeechLike, recognition: Recognition) -> Segment:
-        ids = recognition.token_ids
-        pieces = [self._sp.IdToPiece(i) for i in ids]
-        tags, tag_count = split_tags(pieces)
-        body = [
-            (token, piece)
-            for token, piece in zip(recognition.tokens[tag_count:], pieces[tag_count:], strict=True)
-            if not _TAG.match(piece)
-        ]
-        body_tokens = [token for token, _ in body]
-        duration_s = len(piece.samples) / SAMPLE_RATE
-        tokens = []
-        for text, positions in _piece_texts(self._sp, [t.token_id for t in body_tokens]):
-            first = body_tokens[positions[0]].first_frame - QUERY_FRAMES
-            last = body_tokens[positions[-1]].last_frame - QUERY_FRAMES
-            start = min(max(first * FRAME_S - FRAME_S / 2, 0.0), duration_s)
-            end = min(max((last + 1) * FRAME_S - FRAME_S / 2, start), duration_s)
-            tokens.append(Token(text, round(piece.start_s + start, 3), round(piece.start_s + end, 3)))
-        text = self._sp.DecodeIds([t.token_id for t in body_tokens]).strip()
-        return Segment(
-            start_s=round(piece.start_s, 3),
-            end_s=round(piece.start_s + duration_s, 3),
-            text=text,
-            language=str(tags.get("language", "")),
-            emotion=str(tags.get("emotion", "")),
-            event=str(tags.get("event", "")),
-            itn=bool(tags.get("itn", self.settings.use_itn)),
-            tokens=tuple(tokens),
         )

@@ -23,7 +23,7 @@ from svdaemon.engine import EngineSettings, SenseVoiceEngine
 from svdaemon.errors import DecodeError, SourceChanged
 from svdaemon.fingerprint import Fingerprint
 from svdaemon.models import resolve_model_dir
-from svdaemon.sidecars import HashStore, SidecarSettings, write_sidecars
+from svdaemon.sidecars import HashStore, SidecarResult, SidecarSettings, write_sidecars
 from svdaemon.transcript import Segment, Transcript
 from svdaemon.vad import SpeechSegmenter, VadNetwork, load_vad_model
 
@@ -52,14 +52,42 @@ class SpeechChunk:
 
 @dataclass(frozen=True)
 class Outcome:
+    """One file done: its transcript, the sidecars written and those kept as the user's, the time it took."""
+
     source: Path
     transcript: Transcript
-    written: tuple[Path, ...]
+    sidecars: SidecarResult
     wall_s: float
+
+    @property
+    def written(self) -> tuple[Path, ...]:
+        return self.sidecars.written
 
     @property
     def realtime_factor(self) -> float:
         return self.transcript.duration_s / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def no_speech(self) -> bool:
+        """Nothing was recognised: the sidecars written are the contract's empty files."""
+        return not self.transcript.segments
+
+    def describe(self, audio_length: str) -> str:
+        """The result after the file's name, for the CLI's `ok` line and the daemon's log, `audio_length` in
+        the caller's words ("3.0 s"): where the subtitles are, or that no speech was found (else empty
+        sidecars look like a failure), and which sidecars were kept as the user's."""
+        audio = f"{audio_length} audio"
+        written = self.sidecars.written
+        if self.no_speech:
+            names = ", ".join(path.name for path in written)
+            said = f": no speech found ({audio}; {f'empty {names}' if names else 'nothing'} written)"
+        elif written:
+            shown = next((path for path in written if path.suffix == ".srt"), written[0])
+            said = f" → {shown.name} ({audio}, {self.realtime_factor:.1f}× realtime)"
+        else:
+            said = f": all sidecars kept ({audio}, {self.realtime_factor:.1f}× realtime)"
+        kept = self.sidecars.kept_note()
+        return f"{said}; {kept}" if kept else said
 
 
 class Decoder(Protocol):
@@ -234,8 +262,8 @@ class Pipeline:
         started = time.perf_counter()
         before = Fingerprint.of(source)
         transcript = self.transcribe_file(source, progress, language)
-        written = self.write(transcript, before, root, formats, output_dir)
-        return Outcome(source, transcript, written, time.perf_counter() - started)
+        sidecars = self.write(transcript, before, root, formats, output_dir)
+        return Outcome(source, transcript, sidecars, time.perf_counter() - started)
 
     def write(
         self,
@@ -244,8 +272,11 @@ class Pipeline:
         root: Path | None = None,
         formats: tuple[str, ...] | None = None,
         output_dir: Path | None = None,
-    ) -> tuple[Path, ...]:
-        """The transcript's sidecars, unless the source is no longer the content that was read (`read_as`)."""
+    ) -> SidecarResult:
+        """The transcript's sidecars, unless the source is no longer the content that was read (`read_as`).
+
+        Those the overwrite policy keeps as the user's are left as they are and named in the result.
+        """
         source = transcript.file
         try:
             changed = Fingerprint.of(source) != read_as
@@ -253,7 +284,7 @@ class Pipeline:
             changed = True
         if changed:
             raise SourceChanged(f"{source}: changed while it was being transcribed; no sidecars written")
-        written = write_sidecars(
+        return write_sidecars(
             source,
             self.render(transcript, formats or self.config.formats),
             language=transcript.language,
@@ -261,7 +292,6 @@ class Pipeline:
             store=self.store,
             root=root,
         )
-        return tuple(written)
 
     def sidecar_settings_for(self, output_dir: Path | None) -> SidecarSettings:
         """The configured sidecar settings, with a watch root's own `output_dir` when it has one."""

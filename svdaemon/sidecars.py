@@ -4,6 +4,12 @@ Rendering happens elsewhere; this module receives the finished text per format a
 their names (with the rule for two sources that share a stem), the overwrite policy (with hashes of what
 svdaemon wrote, kept in `state_dir`), and writes that leave the old set or the new set, never a mix and
 never anything written through a symbolic link.
+
+A sidecar the overwrite policy may not replace (a file svdaemon did not write, one the user edited, any
+existing file under `never`) is the user's decision, not a fault: it is kept as it is, the other formats
+are written, and the result says which were kept. A symbolic link or something that is not a file at a
+sidecar path is no choice the policy speaks to: it stays an error (SidecarError), shown where the user
+looks for failures.
 """
 
 from __future__ import annotations
@@ -279,7 +285,8 @@ def probe_target(path: Path) -> Target:
 class Action(enum.Enum):
     WRITE = "write"
     REPLACE = "replace"
-    REFUSE = "refuse"
+    KEEP = "keep"  # the overwrite policy leaves the user's file as it is; the other formats are written
+    REFUSE = "refuse"  # not a regular file: nothing of the set is written
 
 
 @dataclass(frozen=True)
@@ -287,6 +294,21 @@ class Decision:
     path: Path
     action: Action
     reason: str = ""
+
+
+@dataclass(frozen=True)
+class SidecarResult:
+    """What one write of a set did: the paths written (one atomic set), and the sidecars kept as the user's."""
+
+    written: tuple[Path, ...]
+    kept: tuple[Decision, ...] = ()
+
+    def kept_note(self) -> str:
+        """The kept sidecars in words, e.g. "kept talk.srt (edited since svdaemon wrote it; overwrite:
+        ours)"; empty when none was kept."""
+        if not self.kept:
+            return ""
+        return "kept " + ", ".join(f"{decision.path.name} ({decision.reason})" for decision in self.kept)
 
 
 def plan(targets: Iterable[Target], *, overwrite: Overwrite, records: RecordLookup) -> list[Decision]:
@@ -298,6 +320,9 @@ def _decide(target: Target, overwrite: Overwrite, record: SidecarRecord | None) 
     def refuse(reason: str) -> Decision:
         return Decision(target.path, Action.REFUSE, reason)
 
+    def keep(reason: str) -> Decision:
+        return Decision(target.path, Action.KEEP, reason)
+
     if target.kind is TargetKind.MISSING:
         return Decision(target.path, Action.WRITE)
     if target.kind is TargetKind.SYMLINK:
@@ -305,11 +330,11 @@ def _decide(target: Target, overwrite: Overwrite, record: SidecarRecord | None) 
     if target.kind is TargetKind.OTHER:
         return refuse("exists and is not a regular file")
     if overwrite == "never":
-        return refuse("exists (overwrite: never)")
+        return keep("exists; overwrite: never")
     if overwrite == "ours" and record is None:
-        return refuse("exists and was not written by svdaemon (overwrite: ours)")
+        return keep("not written by svdaemon; overwrite: ours")
     if overwrite == "ours" and target.sha256 not in record.sha256s:
-        return refuse("was changed since svdaemon wrote it (overwrite: ours)")
+        return keep("edited since svdaemon wrote it; overwrite: ours")
     return Decision(target.path, Action.REPLACE)
 
 
@@ -322,12 +347,13 @@ def write_sidecars(
     store: HashStore,
     root: Path | None = None,
     clock: Callable[[], float] = time.time,
-) -> list[Path]:
+) -> SidecarResult:
     """Write the rendered `texts` (format → text) of `source` as one set, or nothing, and record them.
 
-    The store stays locked from naming to recording, so the daemon and a one-shot command never both
-    decide that the same short name is free. Raises SidecarError when the policy refuses any file or a
-    folder cannot be written, EnvironmentFault when the disk is full.
+    A sidecar the overwrite policy keeps is left out of the set (and said in the result); when all are
+    kept nothing is written. The store stays locked from naming to recording, so the daemon and a one-shot
+    command never both decide that the same short name is free. Raises SidecarError when a sidecar path is
+    a symbolic link or not a file, or a folder cannot be written, EnvironmentFault when the disk is full.
     """
     source = _absolute(source)
     with store.locked() as records:
@@ -350,7 +376,13 @@ def write_sidecars(
         if refused:
             reasons = "; ".join(f"{decision.path} {decision.reason}" for decision in refused)
             raise SidecarError(f"{source}: no sidecars written: {reasons}")
-        contents = {naming.paths[fmt]: text.encode("utf-8") for fmt, text in texts.items()}
+        kept = tuple(decision for decision in decisions if decision.action is Action.KEEP)
+        kept_paths = {decision.path for decision in kept}
+        contents = {
+            naming.paths[fmt]: text.encode("utf-8")
+            for fmt, text in texts.items()
+            if naming.paths[fmt] not in kept_paths
+        }
         written_at = clock()
         new_records = {
             target.path: SidecarRecord(
@@ -359,13 +391,16 @@ def write_sidecars(
                 written_at,
             )
             for target in targets
+            if target.path in contents
         }
-        try:
-            _replace_all(contents, before_renames=lambda: records.save(new_records))
-        except (SidecarError, EnvironmentFault) as error:
-            raise type(error)(f"{source}: {error}") from error
-    log.info("%s: wrote %s", source, ", ".join(str(path) for path in contents))
-    return list(contents)
+        if contents:
+            try:
+                _replace_all(contents, before_renames=lambda: records.save(new_records))
+            except (SidecarError, EnvironmentFault) as error:
+                raise type(error)(f"{source}: {error}") from error
+    if contents:
+        log.info("%s: wrote %s", source, ", ".join(str(path) for path in contents))
+    return SidecarResult(tuple(contents), kept)
 
 
 def _hashes_after_write(data: bytes, target: Target, record: SidecarRecord | None) -> tuple[str, ...]:

@@ -14,6 +14,13 @@ Decisions a reader may look for:
   `segments: []` and an empty `.txt`, as the contract asks for empty results.
 - Every renderer returns text that encodes as UTF-8: lone surrogates (from `os.fsdecode` of a file name
   that is not UTF-8) become U+FFFD, one per undecodable byte, so the sidecar write cannot crash on them.
+- Text is shown as text in every format. Special tokens never get here (the engine drops them where the
+  text is made). WebVTT escapes `&`, `<` and `>`. SRT has no escapes, and players read markup in it:
+  FFmpeg (mpv, and players built on it) and VLC take `<b>`, `<i>`, `<u>`, `<s>`, `<font>` as styles and
+  hide other `<tag>`s; they hide `{\\...}` and `{X:...}` or apply them (`{\\an8}` moves the cue), libass
+  hides any `{...}` FFmpeg passes on, and `\\N`, `\\n`, `\\h` become breaks and spaces. So SRT shows `<`,
+  `{` and `\\` as their full-width forms (＜ ｛ ＼), which nothing parses; `&` needs nothing (no SRT
+  reader decodes entities, so `&amp;` would show as is). TXT and JSON keep the text as recognised.
 """
 
 from __future__ import annotations
@@ -83,6 +90,7 @@ _HANGUL = ((0x1100, 0x11FF), (0x3130, 0x318F), (0xA960, 0xA97F), (0xAC00, 0xD7FF
 _HAN_KANA_CLASS = "".join(f"{chr(low)}-{chr(high)}" for low, high in _HAN_KANA)
 _TEXT_PIECE = re.compile(rf"\s*(?:[{_HAN_KANA_CLASS}]|[^\s{_HAN_KANA_CLASS}]+)")
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_SRT_MARKUP_FREE = str.maketrans({"<": "\uff1c", "{": "\uff5b", "\\": "\uff3c"})  # ＜ ｛ ＼
 
 # Costs of a way to cut a run of words into cues, in units of "one more cue on screen".
 _CUE_COST = 1.0
@@ -338,10 +346,10 @@ def _utf8_safe(text: str) -> str:
 
 
 def render_srt(cues: Sequence[Cue]) -> str:
-    """SubRip: numbered blocks; no cues give an empty file."""
+    """SubRip: numbered blocks, text that no player reads as markup; no cues give an empty file."""
     blocks = (
         f"{number}\n{_timestamp(c.start_s, ',')} --> {_timestamp(c.end_s, ',')}\n"
-        + "\n".join(c.lines)
+        + "\n".join(line.translate(_SRT_MARKUP_FREE) for line in c.lines)
         + "\n\n"
         for number, c in enumerate(cues, 1)
     )

@@ -32,7 +32,7 @@ from svdaemon.fingerprint import Fingerprint
 from svdaemon.heartbeat import Heartbeat
 from svdaemon.jobs import ErrorKind, Job, JobQueue, JobState
 from svdaemon.memory import MB, should_yield
-from svdaemon.pipeline import Decoder, Pipeline
+from svdaemon.pipeline import Decoder, Outcome, Pipeline
 from svdaemon.prefetch import Prefetcher, Ready
 from svdaemon.sidecars import ERROR_SIDECAR, existing_sidecars_newer_than, write_sidecars
 from svdaemon.transcript import Segment
@@ -410,7 +410,9 @@ class Worker:
         job = active.job
         transcript = self.pipeline.transcript(job.path, active.segments, duration_s)
         try:
-            self.pipeline.write(transcript, job.fingerprint, job.root, active.formats, active.output_dir)
+            sidecars = self.pipeline.write(
+                transcript, job.fingerprint, job.root, active.formats, active.output_dir
+            )
         except SourceChanged as error:
             log.info("%s", error)
             try:
@@ -420,14 +422,10 @@ class Worker:
         except (SidecarError, EnvironmentFault) as error:
             self._record(job, error)
         else:
+            # Sidecars kept as the user's (the overwrite policy) are their decision: done, no attempt counted.
             self.queue.finish(job)
-            wall_s = time.perf_counter() - active.started_s
-            log.info(
-                "%s: done (%.1f s of audio, %.1f× realtime)",
-                job.path,
-                transcript.duration_s,
-                transcript.duration_s / wall_s if wall_s > 0 else 0.0,
-            )
+            outcome = Outcome(job.path, transcript, sidecars, time.perf_counter() - active.started_s)
+            log.info("%s%s", job.path, outcome.describe(f"{transcript.duration_s:.1f} s"))
 
     def _abandon_all(self, why: str) -> None:
         """Every claimed job back to the queue without an attempt; nothing prepared is kept."""
@@ -486,16 +484,19 @@ class Worker:
         """`name.error.txt` beside the file (or in its root's output folder), under its sidecars' rules."""
         root = self._root_of(job)
         try:
-            write_sidecars(
+            kept = write_sidecars(
                 job.path,
                 {ERROR_SIDECAR: message + "\n"},
                 language="",
                 settings=self.pipeline.sidecar_settings_for(root.output_dir if root else None),
                 store=self.pipeline.store,
                 root=job.root,
-            )
+            ).kept_note()
         except SvdaemonError as error:
             log.warning("%s: no error sidecar written: %s", job.path, error)
+        else:
+            if kept:
+                log.info("%s: no error sidecar written: %s", job.path, kept)
 
 
 def gpu_free_memory() -> list[int]:

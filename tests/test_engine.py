@@ -11,8 +11,12 @@ import torch
 
 from svdaemon.engine import (
     BLANK_ID,
+    QUERY_FRAMES,
+    CtcToken,
     EngineSettings,
+    Recognition,
     SenseVoiceEngine,
+    build_segment,
     collapse_ctc,
     compare_logits,
     encoder_frames,
@@ -244,6 +248,30 @@ def test_split_tags_reads_the_four_leading_tags():
     assert count == 4
     assert tags == {"language": "en", "emotion": "neutral", "event": "speech", "itn": True}
     assert split_tags(["\u2581hi", "<|en|>"]) == ({}, 0)
+
+
+def test_special_pieces_never_reach_the_text_or_the_tokens(cpu_engine):
+    """`<s>`, `</s>`, `<unk>` and SenseVoice tags after the leading four, from the real tokenizer."""
+    sp = cpu_engine.tokenizer.sp
+    pieces = [
+        "<|en|>", "<|NEUTRAL|>", "<|Speech|>", "<|withitn|>",
+        "\u2581the", "<s>", "\u2581a", "</s>", "<|zh|>", "<unk>", "\u2581b", "<|BGM|>",
+    ]  # fmt: skip
+    ids = [sp.PieceToId(piece) for piece in pieces]
+    assert [sp.IdToPiece(i) for i in ids] == pieces, "each is a piece of the tiny model's vocabulary"
+    frames = [(QUERY_FRAMES + 2 * k, QUERY_FRAMES + 2 * k + 1) for k in range(len(ids))]
+    recognition = Recognition(tuple(CtcToken(i, *span) for i, span in zip(ids, frames, strict=True)))
+    segment = build_segment(sp, Piece(10.0, np.zeros(32000, np.float32)), recognition, default_itn=False)
+    assert (segment.language, segment.emotion, segment.event, segment.itn) == (
+        "en",
+        "neutral",
+        "speech",
+        True,
+    )
+    assert segment.text == "the a b"
+    assert [token.text for token in segment.tokens] == [" the", " a", " b"]
+    # each keeps its own frames: piece k starts at frame 2k after the queries, less half a 60 ms frame
+    assert [token.start_s for token in segment.tokens] == [10.45, 10.69, 11.17]
 
 
 def test_missing_model_files_are_a_startup_error(tmp_path):

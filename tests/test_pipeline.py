@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 import torch
 
+from svdaemon import cli
 from svdaemon.config import Config, load_config
 from svdaemon.errors import SourceChanged
-from svdaemon.pipeline import Pipeline, dominant_language
+from svdaemon.pipeline import Outcome, Pipeline, dominant_language
+from svdaemon.sidecars import Action, Decision, SidecarResult
 from svdaemon.synthetic_speech import build_track
-from svdaemon.transcript import Segment
+from svdaemon.transcript import Segment, Transcript
 
 from media import write_audio
 
@@ -109,3 +111,71 @@ def test_progress_moves_forward_as_speech_is_recognised(pipeline, tmp_path, monk
     assert seen == sorted(seen)
     assert 0 < seen[0] < transcript.duration_s
     assert seen[-1] == pytest.approx(transcript.duration_s, abs=1e-3)
+
+
+def test_outcome_says_no_speech_and_which_sidecars_were_kept():
+    def outcome(segments: tuple[Segment, ...], written: tuple[str, ...], kept: tuple[str, ...]) -> Outcome:
+        transcript = Transcript(Path("/m/a.wav"), 12.0, "m", "cpu", "fp32", "en", segments)
+        edited = "edited since svdaemon wrote it; overwrite: ours"
+        sidecars = SidecarResult(
+            tuple(Path("/m", name) for name in written),
+            tuple(Decision(Path("/m", name), Action.KEEP, edited) for name in kept),
+        )
+        return Outcome(Path("/m/a.wav"), transcript, sidecars, wall_s=2.0)
+
+    speech = (Segment(0.0, 1.0, "hi", "en", "neutral", "speech", True, ()),)
+    assert (
+        outcome(speech, ("a.txt", "a.srt"), ()).describe("12.0 s") == " → a.srt (12.0 s audio, 6.0× realtime)"
+    )
+    assert outcome(speech, ("a.txt",), ("a.srt",)).describe("12.0 s") == (
+        " → a.txt (12.0 s audio, 6.0× realtime); kept a.srt (edited since svdaemon wrote it; overwrite: ours)"
+    )
+    assert (
+        outcome(speech, (), ("a.txt", "a.srt"))
+        .describe("12.0 s")
+        .startswith(": all sidecars kept (12.0 s audio, 6.0× realtime); kept a.txt (")
+    )
+    assert outcome((), ("a.txt", "a.srt"), ()).describe("12.0 s") == (
+        ": no speech found (12.0 s audio; empty a.txt, a.srt written)"
+    )
+    assert (
+        outcome((), (), ("a.txt",))
+        .describe("12.0 s")
+        .startswith(": no speech found (12.0 s audio; nothing written); kept a.txt (")
+    )
+
+
+@pytest.fixture
+def transcribe(tiny_model_dir: Path, tmp_path: Path, capsys):
+    """`svdaemon transcribe` in-process on the tiny model; returns (exit code, stdout lines)."""
+    config = tmp_path / "config.yaml"
+    config.write_text(f"state_dir: {tmp_path / 'state'}\nwatch: []\n")
+
+    def invoke(*files: Path) -> tuple[int, list[str]]:
+        args = ["transcribe", "--config", str(config), "--model", str(tiny_model_dir), "--device", "cpu"]
+        code = cli.main([*args, *map(str, files)])
+        return code, capsys.readouterr().out.splitlines()
+
+    return invoke
+
+
+def test_transcribe_says_when_a_file_has_no_speech(transcribe, tmp_path):
+    source = write_audio(tmp_path / "silence.wav", np.zeros(16000 * 3, np.float32), 16000)
+    assert transcribe(source) == (
+        0,
+        ["ok  silence.wav: no speech found (3.0 s audio; empty silence.txt, silence.srt written)"],
+    )
+    assert (tmp_path / "silence.txt").read_bytes() == b"" == (tmp_path / "silence.srt").read_bytes()
+
+
+def test_transcribe_keeps_a_sidecar_the_user_edited_and_says_so(transcribe, tmp_path):
+    track = build_track([0.3, "Warm bread and honey make a wonderful morning meal", 0.4])
+    source = write_audio(tmp_path / "bread.wav", track.samples, 16000)
+    assert transcribe(source)[0] == 0
+    edited = b"1\n00:00:00,300 --> 00:00:03,000\nWarm bread and honey.\n\n"
+    (tmp_path / "bread.srt").write_bytes(edited)
+    code, lines = transcribe(source)
+    assert code == 0 and len(lines) == 1
+    assert lines[0].startswith("ok  bread.wav → bread.txt (")
+    assert lines[0].endswith("; kept bread.srt (edited since svdaemon wrote it; overwrite: ours)")
+    assert (tmp_path / "bread.srt").read_bytes() == edited

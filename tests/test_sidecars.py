@@ -21,8 +21,10 @@ from svdaemon.errors import EnvironmentFault, SidecarError
 from svdaemon.owner import file_tag
 from svdaemon.sidecars import (
     Action,
+    Decision,
     HashStore,
     SidecarRecord,
+    SidecarResult,
     SidecarSettings,
     Target,
     TargetKind,
@@ -51,7 +53,7 @@ def make_source(path: Path) -> Path:
     return path
 
 
-def write(source: Path, store: HashStore, texts: dict[str, str] = TEXTS, **settings: object) -> list[Path]:
+def write(source: Path, store: HashStore, texts: dict[str, str] = TEXTS, **settings: object) -> SidecarResult:
     root = settings.pop("root", None)
     language = settings.pop("language", "en")
     return write_sidecars(
@@ -66,8 +68,8 @@ def temp_files(directory: Path) -> list[str]:
 @pytest.mark.integration
 def test_sidecars_land_beside_the_source_with_the_rendered_text(tmp_path: Path, store: HashStore) -> None:
     source = make_source(tmp_path / "in" / "talk.mp3")
-    written = write(source, store)
-    assert written == [tmp_path / "in" / "talk.txt", tmp_path / "in" / "talk.srt"]
+    result = write(source, store)
+    assert result == SidecarResult((tmp_path / "in" / "talk.txt", tmp_path / "in" / "talk.srt"))
     assert (tmp_path / "in" / "talk.srt").read_text(encoding="utf-8") == SRT
     assert (tmp_path / "in" / "talk.txt").read_text(encoding="utf-8") == "hello there\n"
     assert temp_files(tmp_path / "in") == []
@@ -115,12 +117,12 @@ def test_second_source_with_the_same_stem_gets_long_names(
     mp4 = make_source(tmp_path / "talk.mp4")
     write(mp3, store, texts={"txt": "from mp3\n", "srt": SRT})
     with caplog.at_level(logging.INFO, logger="svdaemon.sidecars"):
-        written = write(mp4, store, texts={"txt": "from mp4\n", "srt": SRT})
-    assert written == [tmp_path / "talk.mp4.txt", tmp_path / "talk.mp4.srt"]
+        written = write(mp4, store, texts={"txt": "from mp4\n", "srt": SRT}).written
+    assert written == (tmp_path / "talk.mp4.txt", tmp_path / "talk.mp4.srt")
     assert any(str(mp4) in message and str(mp3) in message for message in caplog.messages)
 
-    assert write(mp3, store, texts={"txt": "mp3 again\n", "srt": SRT})[0] == tmp_path / "talk.txt"
-    assert write(mp4, store, texts={"txt": "mp4 again\n", "srt": SRT})[0] == tmp_path / "talk.mp4.txt"
+    assert write(mp3, store, texts={"txt": "mp3 again\n", "srt": SRT}).written[0] == tmp_path / "talk.txt"
+    assert write(mp4, store, texts={"txt": "mp4 again\n", "srt": SRT}).written[0] == tmp_path / "talk.mp4.txt"
     assert (tmp_path / "talk.txt").read_text(encoding="utf-8") == "mp3 again\n"
     assert (tmp_path / "talk.mp4.txt").read_text(encoding="utf-8") == "mp4 again\n"
 
@@ -128,7 +130,7 @@ def test_second_source_with_the_same_stem_gets_long_names(
 @pytest.mark.integration
 def test_one_clashing_format_moves_the_whole_set_to_long_names(tmp_path: Path, store: HashStore) -> None:
     write(make_source(tmp_path / "talk.mp3"), store, texts={"srt": SRT})
-    written = write(make_source(tmp_path / "talk.mp4"), store, texts={"txt": "x\n", "srt": SRT})
+    written = write(make_source(tmp_path / "talk.mp4"), store, texts={"txt": "x\n", "srt": SRT}).written
     assert [path.name for path in written] == ["talk.mp4.txt", "talk.mp4.srt"]
 
 
@@ -137,48 +139,98 @@ def test_short_names_of_a_source_that_is_gone_are_taken_over(tmp_path: Path, sto
     mp3 = make_source(tmp_path / "talk.mp3")
     write(mp3, store)
     mp3.unlink()
-    written = write(make_source(tmp_path / "talk.mp4"), store, texts={"txt": "from mp4\n", "srt": SRT})
+    written = write(
+        make_source(tmp_path / "talk.mp4"), store, texts={"txt": "from mp4\n", "srt": SRT}
+    ).written
     assert written[0] == tmp_path / "talk.txt"
     assert (tmp_path / "talk.txt").read_text(encoding="utf-8") == "from mp4\n"
 
 
+USERS_OWN = b"1\n00:00:00,000 --> 00:00:02,000\nthe user's own subtitles\n\n"
+
+
 @pytest.mark.integration
-def test_overwrite_never_refuses_an_existing_sidecar_and_writes_nothing(
-    tmp_path: Path, store: HashStore
+@pytest.mark.parametrize(
+    ("overwrite", "reason"),
+    [("never", "exists; overwrite: never"), ("ours", "not written by svdaemon; overwrite: ours")],
+)
+def test_an_existing_file_the_policy_may_not_replace_is_kept_and_the_others_are_written(
+    tmp_path: Path, store: HashStore, overwrite: str, reason: str
 ) -> None:
     source = make_source(tmp_path / "talk.mp3")
-    (tmp_path / "talk.srt").write_text("the user's own subtitles\n", encoding="utf-8")
-    with pytest.raises(SidecarError, match=r"talk\.srt exists \(overwrite: never\)"):
-        write(source, store, overwrite="never")
-    assert (tmp_path / "talk.srt").read_text(encoding="utf-8") == "the user's own subtitles\n"
-    assert not (tmp_path / "talk.txt").exists()
+    (tmp_path / "talk.srt").write_bytes(USERS_OWN)
+    result = write(source, store, overwrite=overwrite)
+    assert result.written == (tmp_path / "talk.txt",)
+    assert result.kept == (Decision(tmp_path / "talk.srt", Action.KEEP, reason),)
+    assert (tmp_path / "talk.srt").read_bytes() == USERS_OWN
+    assert (tmp_path / "talk.txt").read_text(encoding="utf-8") == "hello there\n"
+    assert store.get(tmp_path / "talk.srt") is None, "the user's file is not recorded as svdaemon's"
     assert temp_files(tmp_path) == []
 
 
 @pytest.mark.integration
-def test_overwrite_ours_refuses_a_file_svdaemon_did_not_write(tmp_path: Path, store: HashStore) -> None:
-    source = make_source(tmp_path / "talk.mp3")
-    (tmp_path / "talk.srt").write_text("the user's own subtitles\n", encoding="utf-8")
-    with pytest.raises(SidecarError, match="not written by svdaemon"):
-        write(source, store, overwrite="ours")
-    assert (tmp_path / "talk.srt").read_text(encoding="utf-8") == "the user's own subtitles\n"
-    assert not (tmp_path / "talk.txt").exists()
-
-
-@pytest.mark.integration
-def test_overwrite_ours_replaces_its_own_sidecar_but_not_one_the_user_edited(
+def test_overwrite_ours_replaces_its_own_sidecar_and_keeps_one_the_user_edited(
     tmp_path: Path, store: HashStore
 ) -> None:
     source = make_source(tmp_path / "talk.mp3")
     write(source, store, texts={"txt": "first\n", "srt": SRT})
-    write(source, store, texts={"txt": "second\n", "srt": SRT})
+    assert write(source, store, texts={"txt": "second\n", "srt": SRT}).kept == ()
     assert (tmp_path / "talk.txt").read_text(encoding="utf-8") == "second\n"
 
-    (tmp_path / "talk.srt").write_text(SRT.replace("hello", "hullo"), encoding="utf-8")
-    with pytest.raises(SidecarError, match="changed since svdaemon wrote it"):
-        write(source, store, texts={"txt": "third\n", "srt": SRT})
-    assert "hullo" in (tmp_path / "talk.srt").read_text(encoding="utf-8")
-    assert (tmp_path / "talk.txt").read_text(encoding="utf-8") == "second\n"
+    edited = SRT.replace("hello", "hullo").encode("utf-8")
+    (tmp_path / "talk.srt").write_bytes(edited)
+    record = store.get(tmp_path / "talk.srt")
+    for text in ("third\n", "fourth\n"):  # kept every time, not only once
+        result = write(source, store, texts={"txt": text, "srt": SRT})
+        assert result.written == (tmp_path / "talk.txt",)
+        assert result.kept_note() == "kept talk.srt (edited since svdaemon wrote it; overwrite: ours)"
+        assert (tmp_path / "talk.srt").read_bytes() == edited
+        assert (tmp_path / "talk.txt").read_text(encoding="utf-8") == text
+    assert store.get(tmp_path / "talk.srt") == record
+
+
+@pytest.mark.integration
+def test_when_every_format_is_kept_nothing_is_written_and_no_error_is_raised(
+    tmp_path: Path, store: HashStore
+) -> None:
+    source = make_source(tmp_path / "talk.mp3")
+    for name in ("talk.txt", "talk.srt"):
+        (tmp_path / name).write_bytes(USERS_OWN)
+    result = write(source, store, overwrite="never")
+    assert result.written == ()
+    assert [decision.path.name for decision in result.kept] == ["talk.txt", "talk.srt"]
+    assert result.kept_note() == (
+        "kept talk.txt (exists; overwrite: never), talk.srt (exists; overwrite: never)"
+    )
+    assert sorted(os.listdir(tmp_path)) == ["state", "talk.mp3", "talk.srt", "talk.txt"]
+    assert (tmp_path / "talk.txt").read_bytes() == USERS_OWN
+    assert store.read_all() == {}
+
+
+@pytest.mark.integration
+def test_the_formats_written_beside_a_kept_one_are_still_one_set(
+    tmp_path: Path, store: HashStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = make_source(tmp_path / "talk.mp3")
+    write(source, store, texts={"txt": "old\n", "srt": SRT, "vtt": "WEBVTT\n\nold\n"})
+    (tmp_path / "talk.srt").write_bytes(USERS_OWN)
+    real_fsync = os.fsync
+    calls = []
+
+    def fsync_until_the_disk_is_full(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync_until_the_disk_is_full)
+    with pytest.raises(EnvironmentFault, match=r"talk\.vtt: No space left on device"):
+        write(source, store, texts={"txt": "new\n", "srt": SRT, "vtt": "WEBVTT\n\nnew\n"})
+    monkeypatch.undo()
+    assert (tmp_path / "talk.txt").read_text(encoding="utf-8") == "old\n"
+    assert (tmp_path / "talk.vtt").read_text(encoding="utf-8") == "WEBVTT\n\nold\n"
+    assert (tmp_path / "talk.srt").read_bytes() == USERS_OWN
+    assert temp_files(tmp_path) == []
 
 
 @pytest.mark.integration
@@ -353,7 +405,7 @@ def test_writing_sweeps_temps_a_crash_left_in_that_folder(tmp_path: Path, store:
 @pytest.mark.parametrize("name", ["-talk é 漢字.wav", "two  spaces.mp3", ".hidden.mp4"])
 def test_unusual_names_get_their_sidecars(tmp_path: Path, store: HashStore, name: str) -> None:
     source = make_source(tmp_path / name)
-    written = write(source, store)
+    written = write(source, store).written
     stem = Path(name).stem
     assert [path.name for path in written] == [f"{stem}.txt", f"{stem}.srt"]
     assert all(path.is_file() for path in written)
@@ -428,8 +480,7 @@ def test_an_unreadable_record_is_reported_and_its_sidecar_treated_as_not_ours(
     with caplog.at_level(logging.WARNING, logger="svdaemon.sidecars"):
         assert store.get(tmp_path / "talk.srt") is None
     assert str(record_file) in caplog.text
-    with pytest.raises(SidecarError, match=r"talk\.srt exists and was not written by svdaemon"):
-        write(source, store)
+    assert write(source, store).kept_note() == "kept talk.srt (not written by svdaemon; overwrite: ours)"
     write(make_source(tmp_path / "other.mp3"), store)
     assert {path.name for path in store.read_all()} == {"talk.txt", "other.txt", "other.srt"}
 
@@ -470,9 +521,9 @@ def test_plan_follows_the_overwrite_policy() -> None:
         overwrite: [decision.action for decision in plan(targets, overwrite=overwrite, records=records)]
         for overwrite in ("never", "ours", "always")
     }
-    write_, replace, refuse = Action.WRITE, Action.REPLACE, Action.REFUSE
-    assert actions["never"] == [write_, refuse, refuse, refuse, refuse]
-    assert actions["ours"] == [write_, replace, refuse, refuse, refuse]
+    write_, replace, keep, refuse = Action.WRITE, Action.REPLACE, Action.KEEP, Action.REFUSE
+    assert actions["never"] == [write_, keep, keep, refuse, refuse]
+    assert actions["ours"] == [write_, replace, keep, refuse, refuse]
     assert actions["always"] == [write_, replace, replace, refuse, refuse]
 
 

@@ -371,6 +371,19 @@ def lecture_transcript() -> Transcript:
     )
 
 
+# What FFmpeg's SRT decoder (mpv, and players built on FFmpeg), libass and VLC read as markup rather than
+# text: a tag opening (`<b>`, `</i>`, `< font`), an override or MicroDVD block (`{\\an8}`, `{y:i}`, and
+# any `{...}` libass receives), a backslash escape (`\\N`, `\\h`).
+PLAYER_MARKUP = re.compile(r"<\s*/?\s*[A-Za-z]|[{\\]")
+FULL_WIDTH_BACK = str.maketrans({"\uff1c": "<", "\uff5b": "{", "\uff3c": "\\"})
+
+
+def srt_shown(content: str) -> str:
+    """The text a viewer reads in an SRT cue: its full-width stand-ins read as the characters they show."""
+    assert not PLAYER_MARKUP.search(content), f"a player would read markup in {content!r}"
+    return content.translate(FULL_WIDTH_BACK)
+
+
 def test_srt_parses_back_to_the_same_cues():
     cues = build_cues(lecture_transcript(), STYLE)
     parsed = list(srt.parse(render_srt(cues)))
@@ -378,8 +391,31 @@ def test_srt_parses_back_to_the_same_cues():
     for subtitle, cue in zip(parsed, cues, strict=True):
         assert ms(subtitle.start.total_seconds()) == ms(cue.start_s)
         assert ms(subtitle.end.total_seconds()) == ms(cue.end_s)
-        assert subtitle.content == "\n".join(cue.lines)
+        assert srt_shown(subtitle.content) == "\n".join(cue.lines)
     assert "01:01:40,000 --> " in render_srt(cues)
+    assert "Use＜b>&＜/b>> x." in render_srt(cues)
+
+
+MARKUP_LIKE = ("<s> and </s> tokens", "<i>slanted</i>", "a < b & c", "{\\an8} on top", "a\\Nb")
+
+
+def test_text_that_looks_like_markup_is_shown_as_text_in_every_format():
+    tr = transcript(
+        *(spoken([f" {w}" for w in text.split()], 10.0 * i) for i, text in enumerate(MARKUP_LIKE))
+    )
+    assert [s.text for s in tr.segments] == list(MARKUP_LIKE)
+    cues = build_cues(tr, STYLE)
+    said = ["\n".join(cue.lines) for cue in cues]
+    assert "".join("".join(said).split()) == "".join("".join(MARKUP_LIKE).split())
+
+    subtitles = list(srt.parse(render("srt", tr, STYLE)))
+    assert [srt_shown(subtitle.content) for subtitle in subtitles] == said
+    captions = webvtt.from_buffer(io.StringIO(render("vtt", tr, STYLE))).captions
+    assert all("<" not in caption.raw_text for caption in captions)
+    assert [html.unescape(caption.raw_text) for caption in captions] == said
+    assert render("txt", tr, STYLE) == "\n\n".join(MARKUP_LIKE) + "\n"
+    segments = json.loads(render("json", tr, STYLE))["segments"]
+    assert [segment["text"] for segment in segments] == list(MARKUP_LIKE)
 
 
 def vtt_ms(stamp: str) -> int:

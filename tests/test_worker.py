@@ -110,6 +110,46 @@ def test_existing_newer_sidecars_are_skipped(queue, pipeline, speech, tmp_path, 
     assert (tmp_path / "old.srt").read_text() == "by hand\n"
 
 
+def test_a_sidecar_the_user_edited_is_kept_and_the_others_rewritten_without_a_fault(
+    queue, pipeline, speech, tmp_path, worker_for, caplog
+):
+    path = write_audio(tmp_path / "x.wav", speech, 16000)
+    enqueue(queue, path)
+    worker = worker_for(error_sidecar=True, max_attempts=1)  # a fault would fail it for good at once
+    assert worker.run_once()
+    assert queue.get(path).state is JobState.DONE
+    edited = b"1\n00:00:00,500 --> 00:00:02,000\nOur neighbour plays the violin.\n\n"
+    (tmp_path / "x.srt").write_bytes(edited)
+    txt_before = os.stat(tmp_path / "x.txt")
+
+    write_audio(path, np.concatenate([speech, speech]), 16000)  # the recording changes: queued again
+    enqueue(queue, path)
+    with caplog.at_level("INFO", logger="svdaemon.worker"):
+        assert worker.run_once()
+    job = queue.get(path)
+    assert job.state is JobState.DONE and job.attempts == 0 and job.error_kind is None
+    assert (tmp_path / "x.srt").read_bytes() == edited
+    txt_after = os.stat(tmp_path / "x.txt")
+    assert (txt_after.st_ino, txt_after.st_mtime_ns) != (txt_before.st_ino, txt_before.st_mtime_ns)
+    assert not (tmp_path / "x.error.txt").exists()
+    assert worker.last_error is None
+    (said,) = [message for message in caplog.messages if "kept" in message]  # said once
+    assert said.startswith(f"{path} → x.txt ({2 * len(speech) / 16000:.1f} s audio, ")
+    assert said.endswith("; kept x.srt (edited since svdaemon wrote it; overwrite: ours)")
+
+
+def test_a_silent_file_is_done_and_its_log_line_says_no_speech_was_found(
+    queue, pipeline, tmp_path, worker_for, caplog
+):
+    path = write_audio(tmp_path / "silence.wav", np.zeros(16000 * 2, np.float32), 16000)
+    enqueue(queue, path)
+    with caplog.at_level("INFO", logger="svdaemon.worker"):
+        assert worker_for().run_once()
+    assert queue.get(path).state is JobState.DONE
+    assert f"{path}: no speech found (2.0 s audio; empty silence.txt, silence.srt written)" in caplog.messages
+    assert (tmp_path / "silence.srt").read_bytes() == b"" == (tmp_path / "silence.txt").read_bytes()
+
+
 class PausedAtFirstBatch(Worker):
     """The real worker, told to pause when its first batch is done, so the test holds it there."""
 
