@@ -267,7 +267,7 @@ def cmd_queue(args: argparse.Namespace, config: Config) -> int:
     if not jobs:
         print("no failed files" if args.failed else "the queue is empty")
         return EXIT_OK
-    print(f"{'STATE':<8} {'TRIES':>5}  FILE  (LAST ERROR)")
+    print(f"{'STATE':<8} {'TRIES':>5}  FILE  (NOTE)")
     for job in jobs:
         error = f"  ({job.last_error})" if job.last_error else ""
         print(f"{job.state.value:<8} {job.attempts:>5}  {os.fsdecode(job.path)}{error}")

@@ -297,8 +297,15 @@ class JobQueue:
             ).fetchone()
         return _job_from_row(row) if row is not None else None
 
-    def finish(self, job: Job) -> bool:
-        return self._end_claim(job, "state = 'done', finished_at_s = :now, environment_faults = 0")
+    def finish(self, job: Job, note: str | None = None) -> bool:
+        """End a claimed job done; `note` is what `queue` shows beside it (a sidecar kept as the user's).
+        An earlier try's error goes: it no longer says anything about the file."""
+        return self._end_claim(
+            job,
+            "state = 'done', finished_at_s = :now, environment_faults = 0, last_error = :note,"
+            " error_kind = NULL",
+            note=note,
+        )
 
     def skip(self, job: Job, reason: str) -> bool:
         """End a claimed job without transcribing it (e.g. its sidecars exist and are newer)."""

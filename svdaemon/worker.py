@@ -66,6 +66,29 @@ class EngineUsage:
 
 
 @dataclass
+class WorkClock:
+    """Seconds that count toward a file's × realtime: wall time less the time the worker was held (paused by
+    the user, or standing aside for another program or a lost GPU), which says nothing of its speed."""
+
+    now: Callable[[], float] = time.perf_counter
+    held_s: float = 0.0
+    held_since: float | None = None
+
+    def hold(self) -> None:
+        if self.held_since is None:
+            self.held_since = self.now()
+
+    def go(self) -> None:
+        if self.held_since is not None:
+            self.held_s += self.now() - self.held_since
+            self.held_since = None
+
+    def read(self) -> float:
+        now = self.now()
+        return now - self.held_s - (now - self.held_since if self.held_since is not None else 0.0)
+
+
+@dataclass
 class _Active:
     """A claimed job on its way: its root's settings and the segments recognised so far."""
 
@@ -126,6 +149,7 @@ class Worker:
         self._active: dict[int, _Active] = {}  # claimed jobs by id, in claim order
         self._held: Ready | None = None  # a ready chunk kept for the next pool (another language)
         self.usage = EngineUsage()
+        self._work_clock = WorkClock()
         self.heartbeat = Heartbeat()  # beaten at every step; the daemon feeds systemd's watchdog from it
 
     # ---- control --------------------------------------------------------------------------------------
@@ -195,6 +219,10 @@ class Worker:
     def _loop(self) -> None:
         while not self._stopping.is_set():
             self.heartbeat.beat()
+            if self.paused or self.yielding is not None:
+                self._work_clock.hold()
+            else:
+                self._work_clock.go()
             if not self.paused:
                 self._between_batches()
                 if self.yielding is None and self.run_once():
@@ -232,6 +260,7 @@ class Worker:
             reading.free_mb * MB, self.config.vram_floor_mb, yielded=self._short_of_vram is not None
         ):
             if self._short_of_vram is None:
+                self._work_clock.hold()
                 engine.release_cache()
                 self._short_of_vram = (
                     f"another program needs the GPU's memory ({reading.free_mb} MB free on {engine.device})"
@@ -242,6 +271,7 @@ class Worker:
             self.heartbeat.beat()
             reading = engine.vram()
         if self._short_of_vram is not None:
+            self._work_clock.go()
             log.info("GPU memory is back (%d MB free); going on", reading.free_mb if reading else 0)
             self._short_of_vram = None
 
@@ -330,7 +360,7 @@ class Worker:
             formats=(root.formats if root else None) or self.config.formats,
             language=(root.language if root else None) or self.config.language,
             output_dir=root.output_dir if root else None,
-            started_s=time.perf_counter(),
+            started_s=self._work_clock.read(),
         )
         if self.config.skip_existing and existing_sidecars_newer_than(
             job.path,
@@ -423,8 +453,8 @@ class Worker:
             self._record(job, error)
         else:
             # Sidecars kept as the user's (the overwrite policy) are their decision: done, no attempt counted.
-            self.queue.finish(job)
-            outcome = Outcome(job.path, transcript, sidecars, time.perf_counter() - active.started_s)
+            self.queue.finish(job, sidecars.kept_note() or None)
+            outcome = Outcome(job.path, transcript, sidecars, self._work_clock.read() - active.started_s)
             log.info("%s%s", job.path, outcome.describe(f"{transcript.duration_s:.1f} s"))
 
     def _abandon_all(self, why: str) -> None:
@@ -460,9 +490,12 @@ class Worker:
                 lead.job.path, first.chunk.from_s + fraction * span, first.chunk.duration_s
             )
             self._between_batches()
+            if self.paused:
+                self._work_clock.hold()
             while self.paused and not self._stopping.is_set():
                 self._stopping.wait(PAUSE_POLL_S)
                 self.heartbeat.beat()
+            self._work_clock.go()
             if self._stopping.is_set():
                 raise _Leaving
 

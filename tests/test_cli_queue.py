@@ -128,7 +128,7 @@ def test_queue_has_a_header_and_bump_says_what_it_did_to_each_file(svd, queue, t
         queue.enqueue(path, Fingerprint(1, 1, 1))
     queue.finish(queue.claim(current_owner()))
     code, out, _ = svd("queue")
-    assert code == 0 and out.splitlines()[0].split() == ["STATE", "TRIES", "FILE", "(LAST", "ERROR)"]
+    assert code == 0 and out.splitlines()[0].split() == ["STATE", "TRIES", "FILE", "(NOTE)"]
     code, out, _ = svd("bump", str(waiting), str(finished))
     assert code == 0
     assert out.splitlines() == [

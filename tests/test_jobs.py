@@ -363,3 +363,14 @@ def test_concurrent_claimers_never_take_the_same_job(tmp_path: Path):
         assert len(claimed) == len(set(claimed)) == 200
         assert here.counts()[JobState.QUEUED] == 0
         assert here.integrity_ok()
+
+
+def test_a_done_job_keeps_its_note_and_drops_an_earlier_try_s_error(queue, clock, tmp_path):
+    path = tmp_path / "talk.mp3"
+    queue.enqueue(path, FIRST)
+    queue.fail(queue.claim(OWNER), "talk.mp3: corrupt data", ErrorKind.BAD_FILE, max_attempts=3)
+    clock.now_s += 3600  # past the back-off
+    queue.finish(queue.claim(OWNER), "kept talk.srt (edited since svdaemon wrote it; overwrite: ours)")
+    done = queue.get(path)
+    assert done.state is JobState.DONE and done.error_kind is None
+    assert done.last_error == "kept talk.srt (edited since svdaemon wrote it; overwrite: ours)"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+import re
 import time
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from svdaemon.jobs import JobQueue, JobState
 from svdaemon.owner import current_owner
 from svdaemon.pipeline import Pipeline
 from svdaemon.synthetic_speech import build_track
-from svdaemon.worker import Worker
+from svdaemon.worker import WorkClock, Worker
 
 from doubles import wait_for
 from media import write_audio, write_random_bytes
@@ -363,3 +365,61 @@ def test_files_prepared_while_the_engine_works_share_its_next_call_and_get_the_s
     for mine, reference in zip(pooled, alone, strict=True):
         for fmt in ("txt", "srt"):
             assert mine.with_suffix(f".{fmt}").read_text() == reference.with_suffix(f".{fmt}").read_text()
+
+
+class PausedOnceAtFirstBatch(Worker):
+    """The real worker, told to pause once, when its first batch is done."""
+
+    held = False
+
+    def _progress(self, lead, first):
+        report = super()._progress(lead, first)
+
+        def pause_once_then_report(fraction: float) -> None:
+            if not self.held:
+                self.held = True
+                self.pause()
+            report(fraction)
+
+        return pause_once_then_report
+
+
+def test_time_spent_paused_is_not_counted_in_a_file_s_speed(
+    queue, pipeline, speech, tmp_path, monkeypatch, caplog
+):
+    """Paused at its first batch for PAUSE_S, a file still reports the speed it was transcribed at: the work
+    time its × realtime stands for is far below the pause (the tiny model needs well under a second)."""
+    pause_s = 3.0
+    monkeypatch.setattr("svdaemon.pipeline.FLUSH_SPEECH_S", 2.0)
+    monkeypatch.setattr("svdaemon.pipeline.BLOCK_S", 2.0)
+    monkeypatch.setattr("svdaemon.vad.MAX_ROWS", 2)
+    long_file = write_audio(tmp_path / "long.wav", np.tile(speech, 6), 16000)
+    enqueue(queue, long_file)
+    config = dataclasses.replace(pipeline.config, skip_existing=False)
+    worker = PausedOnceAtFirstBatch(queue, pipeline, config, current_owner(), idle_wait_s=0.05)
+    with caplog.at_level(logging.INFO, logger="svdaemon.worker"):
+        worker.start()
+        try:
+            assert wait_for(lambda: worker.current is not None and worker.paused, 60)
+            time.sleep(pause_s)
+            worker.resume()
+            assert wait_for(lambda: queue.get(long_file).state is JobState.DONE, 60)
+        finally:
+            worker.stop()
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"{long_file} →")]
+    audio_s, speed = re.search(r"\(([0-9.]+) s audio, ([0-9.]+)× realtime\)", line).groups()
+    assert float(audio_s) / float(speed) < pause_s, line
+
+
+def test_the_work_clock_stands_still_while_the_worker_is_held():
+    now = [0.0]
+    clock = WorkClock(lambda: now[0])
+    now[0] = 2.0
+    clock.hold()
+    now[0] = 7.0
+    assert clock.read() == 2.0
+    clock.hold()  # held already: the hold began at 2
+    clock.go()
+    now[0] = 8.0
+    clock.go()  # going already
+    assert clock.read() == 3.0
