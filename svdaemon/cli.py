@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,6 +29,7 @@ from svdaemon.status_text import device_text, queue_text
 
 if TYPE_CHECKING:
     from svdaemon.jobs import JobState
+    from svdaemon.pipeline import FileProgress
 
 log = logging.getLogger("svdaemon")
 
@@ -71,22 +72,28 @@ def _transcribe_overrides(args: argparse.Namespace) -> dict[str, object]:
     return {key: value for key, value in flags.items() if value is not None}
 
 
-def _progress_bar(name: str, total_s: float):
-    """A per-file bar on a terminal; nothing otherwise (the result line says it all)."""
+def _progress_bar(name: str, total_s: float) -> tuple[object | None, Callable[[FileProgress], None]]:
+    """A per-file bar on a terminal; nothing otherwise (the result line says it all). It moves through both
+    passes over the audio, the search for speech and the recognition, and names where each has got."""
     if not sys.stderr.isatty():
-        return None, lambda done_s: None
+        return None, lambda seen: None
     from tqdm import tqdm
 
     bar = tqdm(
-        total=round(total_s, 1),
+        total=100,
         desc=name,
         leave=False,
         file=sys.stderr,
-        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s of audio [{elapsed}<{remaining}]",
+        bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix} [{elapsed}<{remaining}]",
     )
 
-    def update(done_s: float) -> None:
-        bar.update(round(min(done_s, total_s), 1) - bar.n)
+    def update(seen: FileProgress) -> None:
+        bar.set_postfix_str(
+            f"speech searched {min(seen.searched_s, total_s):.0f} s, "
+            f"recognised {min(seen.recognised_s, total_s):.0f} s of {total_s:.0f} s",
+            refresh=False,
+        )
+        bar.update(round(100 * seen.fraction(total_s), 1) - bar.n)
 
     return bar, update
 

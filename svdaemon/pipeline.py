@@ -32,7 +32,21 @@ log = logging.getLogger(__name__)
 BLOCK_S = 30.0  # decoded audio per step
 FLUSH_SPEECH_S = 600.0  # speech gathered before it goes to the engine: a pool for well-matched batches
 
-Progress = Callable[[float], None]  # seconds of audio done
+Progress = Callable[[float], None]  # seconds of audio recognised
+
+
+@dataclass(frozen=True)
+class FileProgress:
+    """How far one file is, in seconds of its audio: searched for speech (decoded and through VAD), and
+    recognised. Both passes count alike, so a bar moves while VAD runs and not only once the engine does."""
+
+    searched_s: float = 0.0
+    recognised_s: float = 0.0
+
+    def fraction(self, duration_s: float) -> float:
+        if duration_s <= 0:
+            return 0.0
+        return min((self.searched_s + self.recognised_s) / (2 * duration_s), 1.0)
 
 
 @dataclass(frozen=True)
@@ -176,12 +190,16 @@ class Pipeline:
         return cls(config, engine, vad, decoder)
 
     def speech_chunks(
-        self, source: Path, checkpoint: Callable[[], None] | None = None, decoder: Decoder | None = None
+        self,
+        source: Path,
+        checkpoint: Callable[[float], None] | None = None,
+        decoder: Decoder | None = None,
     ) -> Iterator[SpeechChunk]:
         """The file's speech in chunks of about FLUSH_SPEECH_S, each closing a span of the audio.
 
         Decoding and VAD only, so that it can run ahead of the engine (`decoder`: one of several, for files
-        prepared at once); `checkpoint` is called after every decoded block (a place to stop).
+        prepared at once); `checkpoint` hears, after every decoded block, how many seconds of the file have
+        been searched for speech (a place to stop, and progress).
         DecodeError when the file holds no decodable audio.
         """
         decoder = decoder or self.decoder
@@ -198,7 +216,7 @@ class Pipeline:
                 yield SpeechChunk(tuple(pending), closed_s, decoded_s, last=False, duration_s=stated_s)
                 pending, closed_s = [], decoded_s
             if checkpoint:
-                checkpoint()
+                checkpoint(decoded / audio.SAMPLE_RATE)
         if decoded == 0:
             raise DecodeError(f"{source}: no audio decoded (zero duration)")
         pending.extend(segmenter.finish())
@@ -206,20 +224,30 @@ class Pipeline:
         yield SpeechChunk(tuple(pending), closed_s, duration_s, last=True, duration_s=duration_s)
 
     def transcribe_file(
-        self, source: Path, progress: Progress | None = None, language: str | None = None
+        self,
+        source: Path,
+        progress: Callable[[FileProgress], None] | None = None,
+        language: str | None = None,
     ) -> Transcript:
         """Recognise all speech in `source`; DecodeError when it holds no decodable audio.
 
-        `progress` hears how far into the file everything is recognised, after every batch; `language`
-        overrides the configured spoken language (a watch root's own).
+        `progress` hears how far the search for speech and the recognition have got, after every decoded
+        block and every batch; `language` overrides the configured spoken language (a watch root's own).
         """
+        seen = FileProgress()
+
+        def report(**moved: float) -> None:
+            nonlocal seen
+            seen = replace(seen, **moved)
+            if progress:
+                progress(seen)
+
         segments: list[Segment] = []
         duration_s = 0.0
-        for chunk in self.speech_chunks(source):
-            segments.extend(self.recognise(chunk, progress, language))
+        for chunk in self.speech_chunks(source, lambda searched_s: report(searched_s=searched_s)):
+            segments.extend(self.recognise(chunk, lambda done_s: report(recognised_s=done_s), language))
             duration_s = chunk.to_s
-        if progress:
-            progress(duration_s)
+        report(searched_s=duration_s, recognised_s=duration_s)
         return self.transcript(source, segments, duration_s)
 
     def recognise(
@@ -251,7 +279,7 @@ class Pipeline:
         source: Path,
         root: Path | None = None,
         formats: tuple[str, ...] | None = None,
-        progress: Progress | None = None,
+        progress: Callable[[FileProgress], None] | None = None,
         language: str | None = None,
         output_dir: Path | None = None,
     ) -> Outcome:

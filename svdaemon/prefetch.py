@@ -126,7 +126,7 @@ class Prefetcher:
             self._prepare(job, generation, PooledDecoder(self._pool))
 
     def _prepare(self, job: Job, generation: int, decoder: Decoder) -> None:
-        def checkpoint() -> None:
+        def checkpoint(_searched_s: float) -> None:
             if self._generation != generation:
                 raise _Cancelled
 

@@ -13,7 +13,7 @@ import torch
 from svdaemon import cli
 from svdaemon.config import Config, load_config
 from svdaemon.errors import SourceChanged
-from svdaemon.pipeline import Outcome, Pipeline, dominant_language
+from svdaemon.pipeline import FileProgress, Outcome, Pipeline, dominant_language
 from svdaemon.sidecars import Action, Decision, SidecarResult
 from svdaemon.synthetic_speech import build_track
 from svdaemon.transcript import Segment, Transcript
@@ -105,12 +105,29 @@ def test_progress_moves_forward_as_speech_is_recognised(pipeline, tmp_path, monk
     monkeypatch.setattr("svdaemon.vad.MAX_ROWS", 2)
     track = build_track([0.5, "Lions rarely roam alone in the wide open meadow", 1.0] * 4)
     source = write_audio(tmp_path / "lions.wav", track.samples, 16000)
-    seen: list[float] = []
+    seen: list[FileProgress] = []
     transcript = pipeline.transcribe_file(source, progress=seen.append)
-    assert len(seen) >= 3
-    assert seen == sorted(seen)
-    assert 0 < seen[0] < transcript.duration_s
-    assert seen[-1] == pytest.approx(transcript.duration_s, abs=1e-3)
+    recognised = [report.recognised_s for report in seen]
+    assert len(set(recognised)) >= 4  # 0, then at least three steps
+    assert recognised == sorted(recognised)
+    assert 0 < min(r for r in recognised if r) < transcript.duration_s
+    assert seen[-1].searched_s == seen[-1].recognised_s == pytest.approx(transcript.duration_s, abs=1e-3)
+
+
+def test_progress_moves_while_the_speech_is_searched_for_not_only_once_it_is_recognised(
+    pipeline, tmp_path, monkeypatch
+):
+    """A short file is searched whole (decode + VAD, block after block) before its one engine call: the bar
+    must move through that search, not sit at 0 % and then jump."""
+    monkeypatch.setattr("svdaemon.pipeline.BLOCK_S", 2.0)
+    track = build_track([0.5, "Lions rarely roam alone in the wide open meadow", 1.0] * 4)
+    source = write_audio(tmp_path / "lions.wav", track.samples, 16000)
+    seen: list[FileProgress] = []
+    transcript = pipeline.transcribe_file(source, progress=seen.append)
+    searching = [report for report in seen if report.recognised_s == 0]
+    assert len(searching) >= 3 and 0 < searching[0].fraction(transcript.duration_s) < 0.1
+    fractions = [report.fraction(transcript.duration_s) for report in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
 
 
 def test_outcome_says_no_speech_and_which_sidecars_were_kept():
