@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from svdaemon import audio
+from svdaemon.child import python_code_command
 from svdaemon.errors import DecodeError, EnvironmentFault
 
 logger = logging.getLogger(__name__)
@@ -208,13 +209,9 @@ class DecoderProcess:
     def _start(self) -> None:
         parent_end, child_end = Pipe(duplex=True)
         serve_args = f"{child_end.fileno()}, {_forwarded_level()}, {os.getpid()}"
-        bootstrap = (
-            f"import sys; sys.path[:] = {sys.path!r}; "  # the parent's, so decode targets unpickle
-            f"from svdaemon.decoder import _serve; _serve({serve_args})"
-        )
         self._process = _SPAWNER.submit(
             subprocess.Popen,
-            [sys.executable, "-c", bootstrap],
+            python_code_command(f"from svdaemon.decoder import _serve; _serve({serve_args})"),
             pass_fds=(child_end.fileno(),),
             stdin=subprocess.DEVNULL,
         ).result()

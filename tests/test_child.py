@@ -39,3 +39,19 @@ def test_a_code_child_sees_the_parents_package(tmp_path):
     done = run(python_code_command("import svdaemon; print(svdaemon.__file__)"), home)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == svdaemon.__file__
+
+
+def test_the_decode_process_starts_beside_a_svdaemon_folder(tmp_path, monkeypatch):
+    """The daemon's decode children, started while the current folder holds a `svdaemon` folder."""
+    import numpy as np
+
+    from svdaemon.decoder import DecoderProcess
+
+    from media import write_audio
+
+    source = write_audio(tmp_path / "tone.wav", np.zeros(16000, dtype=np.float32), 16000)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.chdir(decoy_beside(home))
+    with DecoderProcess(block_s=1.0) as decoder:
+        assert sum(len(block) for block in decoder.blocks(source)) == 16000
