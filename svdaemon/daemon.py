@@ -32,6 +32,7 @@ from svdaemon.config import (
     with_new_watch,
 )
 from svdaemon.control import Command, ControlServer, DaemonState, DeviceChoice, Reply, StatusSnapshot
+from svdaemon.cpu_threads import engine_threads
 from svdaemon.errors import StartupError, SvdaemonError
 from svdaemon.fingerprint import Fingerprint
 from svdaemon.gpus import free_mb, visible_gpus
@@ -168,7 +169,8 @@ class Daemon:
                 decoders = [
                     stack.enter_context(DecoderProcess(block_s=BLOCK_S)) for _ in range(decoder_count())
                 ]
-                pipeline = Pipeline.load(self.config, decoder=decoders[0])
+                threads = engine_threads(None, beside=len(decoders))
+                pipeline = Pipeline.load(self.config, threads=threads, decoder=decoders[0])
                 self.worker = Worker(self.queue, pipeline, self.config, current_owner(), decoders=decoders)
                 self.watcher = self._watcher(self.config)
                 self.worker.start()

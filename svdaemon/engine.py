@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from typing import Protocol
 import numpy as np
 
 from svdaemon.config import effective_precision
+from svdaemon.cpu_threads import engine_threads, torch_threads
 from svdaemon.errors import DeviceLost, EnvironmentFault, StartupError
 from svdaemon.features import BatchedFeatures, FrontendShape
 from svdaemon.memory import (
@@ -400,7 +400,7 @@ class SenseVoiceEngine:
         check_model_dir(settings.model_dir)
         self.settings = settings
         self.device = resolve_device(settings.device)
-        threads = settings.threads or len(os.sched_getaffinity(0))
+        self.threads = engine_threads(settings.threads)  # torch's CPU threads at every engine call
         captured = io.StringIO()
         with contextlib.redirect_stdout(captured):  # FunASR prints banners and notices to stdout
             from funasr import AutoModel
@@ -409,7 +409,7 @@ class SenseVoiceEngine:
                 auto = AutoModel(
                     model=str(settings.model_dir),
                     device=self.device,
-                    ncpu=threads,
+                    ncpu=self.threads,
                     disable_update=True,
                     disable_pbar=True,
                     log_level="ERROR",
@@ -573,6 +573,10 @@ class SenseVoiceEngine:
 
     # ---- the batched forward pass ------------------------------------------------------------------
 
+    def _cpu_threads(self):
+        """The engine's own CPU thread count on the calling thread (VAD, on another, runs on one)."""
+        return torch_threads(self.threads) if self.device == "cpu" else contextlib.nullcontext()
+
     def _autocast(self):
         import torch
 
@@ -651,7 +655,8 @@ class SenseVoiceEngine:
         results: list[Segment | None] = [None] * len(pieces)
         done, total = 0, sum(lengths)
         for batch in plan_batches(lengths, self.batch_limit.fits):
-            raw = self._recognize_backing_off([pieces[i].samples for i in batch], language)
+            with self._cpu_threads():
+                raw = self._recognize_backing_off([pieces[i].samples for i in batch], language)
             for index, recognition in zip(batch, raw, strict=True):
                 results[index] = build_segment(self._sp, pieces[index], recognition, self.settings.use_itn)
             done += sum(lengths[i] for i in batch)

@@ -7,7 +7,6 @@ file holds one block, the open speech span and the pieces waiting for a batch â€
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -134,13 +133,12 @@ class InProcessDecoder:
         return audio.decode_blocks(path, block_s=BLOCK_S, audio_language=audio_language, span=span)
 
 
-def set_threads(threads: int | None) -> int:
-    """Set torch's CPU threads last: importing silero sets 1, FunASR sets its `ncpu`; whichever ran last won."""
+def set_threads(count: int) -> None:
+    """Set torch's CPU threads last: importing silero sets 1, FunASR sets its `ncpu`; whichever ran last won.
+    (Each place that computes also sets its own count on its own thread: `cpu_threads`.)"""
     import torch
 
-    count = threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(count)
-    return count
 
 
 def dominant_language(segments: tuple[Segment, ...]) -> str:
@@ -186,7 +184,7 @@ class Pipeline:
                 threads=threads,
             )
         )
-        set_threads(threads)
+        set_threads(engine.threads)
         return cls(config, engine, vad, decoder)
 
     def speech_chunks(

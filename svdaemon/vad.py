@@ -18,6 +18,7 @@ the audio waiting to be scored (up to MAX_ROWS rows, ~65 s) and the open span (a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import warnings
@@ -31,6 +32,7 @@ import torch
 # Importing silero_vad sets torch.set_num_threads(1); the daemon sets its own count after all imports.
 from silero_vad import load_silero_vad
 
+from svdaemon.cpu_threads import VAD_THREADS, torch_threads
 from svdaemon.errors import EnvironmentFault
 
 log = logging.getLogger(__name__)
@@ -308,7 +310,8 @@ class VadNetwork:
         batch = torch.from_numpy(rows).to(device)
         state = torch.zeros(0, device=device)  # silero's network reads an empty state as zeros
         probs = []
-        with torch.inference_mode():
+        threads = torch_threads(VAD_THREADS) if device.type == "cpu" else contextlib.nullcontext()
+        with torch.inference_mode(), threads:
             for step in range(WARMUP_WINDOWS + ROW_WINDOWS):
                 if step == WARMUP_WINDOWS and cold:
                     state[:, cold] = 0
