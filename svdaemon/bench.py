@@ -63,6 +63,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import platformdirs
 
+from svdaemon import __version__
 from svdaemon.child import python_module_command
 from svdaemon.config import APP_NAME, Config, load_config
 from svdaemon.errors import ConfigError, StartupError
@@ -450,18 +451,18 @@ def _daemon_runner(inputs: BenchInputs) -> Runner:
     """
     import torch
 
-    from svdaemon.daemon import decoder_count
+    from svdaemon.daemon import decoder_count, load_pipeline
     from svdaemon.decoder import DecoderProcess
     from svdaemon.jobs import JobQueue
     from svdaemon.owner import current_owner
-    from svdaemon.pipeline import BLOCK_S, Pipeline
+    from svdaemon.pipeline import BLOCK_S
     from svdaemon.worker import EngineUsage, Worker
 
     state_dir = Path(tempfile.mkdtemp(prefix=".daemon-state-", dir=inputs.audio[0].parent))
     overrides = {**_engine_overrides(inputs), **DAEMON_OVERRIDES, "state_dir": str(state_dir)}
     config = load_config(inputs.config, overrides)
     decoders = [DecoderProcess(block_s=BLOCK_S) for _ in range(decoder_count())]  # as many as the daemon's
-    pipeline = Pipeline.load(config, decoder=decoders[0])
+    pipeline = load_pipeline(config, decoders)
     queue = JobQueue.open(state_dir)
     worker = Worker(queue, pipeline, config, current_owner(), decoders=decoders)
     vad = pipeline.vad
@@ -704,7 +705,7 @@ def metadata(workload: Workload, device: str, size: str, parameters: int, inputs
         "python": platform.python_version(),
         "torch": version("torch"),
         "funasr": version("funasr"),
-        "svdaemon": version("svdaemon"),
+        "svdaemon": __version__,  # the package's own word: run from a source tree it has no metadata
         "device": device,
         "minutes": workload.minutes,
         "files": workload.files,

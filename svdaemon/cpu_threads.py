@@ -2,10 +2,11 @@
 
 torch's intra-op thread count belongs to the calling thread (OpenMP keeps it per thread; a new thread starts
 from the last count set anywhere), so each place that computes says its own count:
-- VAD: one thread. silero's network steps through 32 ms windows on small tensors; split across cores, each
-  step costs more in OpenMP's fork and barrier than it saves, and on a busy machine every barrier waits for
-  a thread the kernel has put aside (docs/benchmarks.md, "CPU threads", has the measurements).
 - the engine: the cores this process may run on, less one for each decode process working beside it.
+- VAD: in the daemon it runs on other threads at the same time as the engine, so on one thread of its own
+  (silero steps through 32 ms windows on small tensors: it gains least from more). In `transcribe` it runs
+  in turn with the engine, on the same thread, with the engine's count.
+docs/benchmarks.md ("CPU threads") has the measurements.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 
-VAD_THREADS = 1
+VAD_THREADS_BESIDE_ENGINE = 1
 
 
 def available_cores() -> int:

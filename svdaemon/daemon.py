@@ -32,7 +32,7 @@ from svdaemon.config import (
     with_new_watch,
 )
 from svdaemon.control import Command, ControlServer, DaemonState, DeviceChoice, Reply, StatusSnapshot
-from svdaemon.cpu_threads import engine_threads
+from svdaemon.cpu_threads import VAD_THREADS_BESIDE_ENGINE, engine_threads
 from svdaemon.errors import StartupError, SvdaemonError
 from svdaemon.fingerprint import Fingerprint
 from svdaemon.gpus import free_mb, visible_gpus
@@ -45,7 +45,9 @@ from svdaemon.tray_menu import title
 from svdaemon.watcher import FolderWatcher
 
 if TYPE_CHECKING:
+    from svdaemon.decoder import DecoderProcess
     from svdaemon.engine import VramReading
+    from svdaemon.pipeline import Pipeline
     from svdaemon.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -98,6 +100,19 @@ def make_default_watch_folder(watch: Sequence[WatchRoot]) -> Path | None:
     return default
 
 
+def load_pipeline(config: Config, decoders: list[DecoderProcess]) -> Pipeline:
+    """The pipeline as the daemon runs it: VAD on its own thread beside the engine, and the engine on the
+    cores less the decode processes, so that svdaemon never oversubscribes the CPU (`cpu_threads`)."""
+    from svdaemon.pipeline import Pipeline
+
+    return Pipeline.load(
+        config,
+        threads=engine_threads(None, beside=len(decoders)),
+        decoder=decoders[0],
+        vad_threads=VAD_THREADS_BESIDE_ENGINE,
+    )
+
+
 def log_to_file(log_file: Path) -> None:
     handler = logging.handlers.RotatingFileHandler(
         log_file,
@@ -133,7 +148,7 @@ class Daemon:
 
     def run(self) -> int:
         from svdaemon.decoder import DecoderProcess
-        from svdaemon.pipeline import BLOCK_S, Pipeline
+        from svdaemon.pipeline import BLOCK_S
         from svdaemon.worker import Worker
 
         try:
@@ -169,8 +184,7 @@ class Daemon:
                 decoders = [
                     stack.enter_context(DecoderProcess(block_s=BLOCK_S)) for _ in range(decoder_count())
                 ]
-                threads = engine_threads(None, beside=len(decoders))
-                pipeline = Pipeline.load(self.config, threads=threads, decoder=decoders[0])
+                pipeline = load_pipeline(self.config, decoders)
                 self.worker = Worker(self.queue, pipeline, self.config, current_owner(), decoders=decoders)
                 self.watcher = self._watcher(self.config)
                 self.worker.start()

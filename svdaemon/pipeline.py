@@ -167,10 +167,18 @@ class Pipeline:
 
     @classmethod
     def load(
-        cls, config: Config, threads: int | None = None, download: bool = True, decoder: Decoder | None = None
+        cls,
+        config: Config,
+        threads: int | None = None,
+        download: bool = True,
+        decoder: Decoder | None = None,
+        vad_threads: int | None = None,
     ) -> Pipeline:
-        """Load VAD and SenseVoice (StartupError when that cannot be done), then fix the thread count."""
-        vad = VadNetwork(load_vad_model())
+        """Load VAD and SenseVoice (StartupError when that cannot be done), then fix the thread count.
+
+        `vad_threads`: VAD's own CPU threads where it runs beside the engine; None runs it on the caller's.
+        """
+        vad = VadNetwork(load_vad_model(), threads=vad_threads)
         model_dir = resolve_model_dir(config.model, config.model_hub, download=download)
         engine = SenseVoiceEngine(
             EngineSettings(

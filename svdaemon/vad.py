@@ -32,7 +32,7 @@ import torch
 # Importing silero_vad sets torch.set_num_threads(1); the daemon sets its own count after all imports.
 from silero_vad import load_silero_vad
 
-from svdaemon.cpu_threads import VAD_THREADS, torch_threads
+from svdaemon.cpu_threads import torch_threads
 from svdaemon.errors import EnvironmentFault
 
 log = logging.getLogger(__name__)
@@ -226,8 +226,11 @@ class VadNetwork:
     one state inside the shared model): rows then start from a chosen state and two files never share state.
     """
 
-    def __init__(self, model: torch.jit.ScriptModule, device: str = "cpu") -> None:
+    def __init__(
+        self, model: torch.jit.ScriptModule, device: str = "cpu", threads: int | None = None
+    ) -> None:
         self._network = model._model
+        self.threads = threads  # CPU threads of its own (`cpu_threads`); None: the calling thread's count
         self.context = int(self._network.context_size_samples)
         self._device = "cpu"
         self._failed_on: str | None = None  # the device VAD failed on, kept off until another is asked for
@@ -310,7 +313,8 @@ class VadNetwork:
         batch = torch.from_numpy(rows).to(device)
         state = torch.zeros(0, device=device)  # silero's network reads an empty state as zeros
         probs = []
-        threads = torch_threads(VAD_THREADS) if device.type == "cpu" else contextlib.nullcontext()
+        own = self.threads is not None and device.type == "cpu"
+        threads = torch_threads(self.threads) if own else contextlib.nullcontext()
         with torch.inference_mode(), threads:
             for step in range(WARMUP_WINDOWS + ROW_WINDOWS):
                 if step == WARMUP_WINDOWS and cold:

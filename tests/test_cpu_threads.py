@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from svdaemon.cpu_threads import VAD_THREADS, engine_threads, torch_threads
+from svdaemon.cpu_threads import VAD_THREADS_BESIDE_ENGINE, engine_threads, torch_threads
 from svdaemon.synthetic_speech import build_track
 from svdaemon.vad import ROW_WINDOWS, WARMUP_WINDOWS, WINDOW, VadNetwork, load_vad_model
 
@@ -38,20 +38,20 @@ def test_the_engine_gets_the_cores_less_the_decode_processes_beside_it():
     assert engine_threads(3, beside=1, cores=2) == 3  # --threads is the user's word
 
 
-def test_vad_runs_on_one_thread_and_leaves_the_caller_s_count_as_it_was():
-    """silero's tiny steps lose more to OpenMP's barriers than they gain (docs/benchmarks.md, CPU threads)."""
-    network = VadNetwork(load_vad_model())
-    network._network = ThreadsSeen(network._network)
+def test_vad_beside_the_engine_runs_on_its_own_thread_count_and_in_turn_on_the_caller_s():
+    """The daemon's VAD runs on prefetch threads while the engine computes: on one thread of its own, it
+    cannot oversubscribe the cores; `transcribe` runs it in turn with the engine, on the caller's count."""
     speech = build_track([0.3, "Rain fell all night", 0.3]).samples
-    rows = np.resize(speech, (2, network.context + (WARMUP_WINDOWS + ROW_WINDOWS) * WINDOW)).astype(
-        np.float32
-    )
     previous = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        network.score(rows, cold_first_row=True)
-        assert network._network.seen == {VAD_THREADS}
-        assert torch.get_num_threads() == 2
+        for threads, expected in ((VAD_THREADS_BESIDE_ENGINE, {1}), (None, {2})):
+            network = VadNetwork(load_vad_model(), threads=threads)
+            network._network = ThreadsSeen(network._network)
+            rows = np.resize(speech, (2, network.context + (WARMUP_WINDOWS + ROW_WINDOWS) * WINDOW))
+            network.score(rows.astype(np.float32), cold_first_row=True)
+            assert network._network.seen == expected
+            assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(previous)
 
