@@ -67,7 +67,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=2.2)
     parser.add_argument("--size", choices=("tiny", "full"), default="tiny")
-    parser.add_argument("--busy", default="0,1", help="comma list of how many cores other processes keep busy")
+    parser.add_argument(
+        "--busy", default="0,1", help="comma list of how many cores other processes keep busy"
+    )
     parser.add_argument("--threads", help="comma list of thread counts (default: 1 to all cores)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--work-dir", type=Path, default=default_work_dir())

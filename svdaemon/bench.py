@@ -66,6 +66,7 @@ import platformdirs
 from svdaemon import __version__
 from svdaemon.child import python_module_command
 from svdaemon.config import APP_NAME, Config, load_config
+from svdaemon.cpu_threads import prefer_passive_waits
 from svdaemon.errors import ConfigError, StartupError
 
 if TYPE_CHECKING:
@@ -611,6 +612,8 @@ def row_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path)
     args = parser.parse_args(argv)
     spec = next(spec for spec in row_specs(machine_cores()) if spec.name == args.row)
+    if spec.name.startswith("svdaemon"):
+        prefer_passive_waits()  # as `transcribe` and `run` do; FunASR's rows keep FunASR's own setting
     inputs = BenchInputs(
         args.model_dir, tuple(args.audio), args.warmup, args.device, args.batch_size, args.config
     )

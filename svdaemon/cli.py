@@ -23,6 +23,7 @@ from svdaemon.config import (
     default_config_path,
     load_config,
 )
+from svdaemon.cpu_threads import prefer_passive_waits
 from svdaemon.errors import ConfigError, StartupError, SvdaemonError
 from svdaemon.models import ModelUnavailable
 from svdaemon.status_text import device_text, queue_text
@@ -431,6 +432,8 @@ def _model_advice(config_path: Path | None) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.config = chosen_config_path(args.config)
+    if args.command in ("transcribe", "run"):
+        prefer_passive_waits()
     setup_logging(
         args.verbose + (1 if args.command in ("run", "tray") else 0)
     )  # long-lived: say what it does

@@ -6,16 +6,29 @@ from the last count set anywhere), so each place that computes says its own coun
 - VAD: in the daemon it runs on other threads at the same time as the engine, so on one thread of its own
   (silero steps through 32 ms windows on small tensors: it gains least from more). In `transcribe` it runs
   in turn with the engine, on the same thread, with the engine's count.
-docs/benchmarks.md ("CPU threads") has the measurements.
+And OpenMP's threads wait for each other passively (they sleep rather than spin): a desktop's other
+programs share the cores, and a spinning thread then burns the time slice the thread it waits for needs.
+docs/benchmarks.md ("CPU threads") has the measurements that chose all this.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterator, MutableMapping
 
 VAD_THREADS_BESIDE_ENGINE = 1
+WAIT_POLICY = "OMP_WAIT_POLICY"
+
+
+def prefer_passive_waits(environ: MutableMapping[str, str] = os.environ) -> bool:
+    """`OMP_WAIT_POLICY=PASSIVE` unless the user chose a policy; True when set. OpenMP reads it once, when
+    torch loads it, so this must run before torch is imported (it does nothing after)."""
+    if WAIT_POLICY in environ or "torch" in sys.modules:
+        return False
+    environ[WAIT_POLICY] = "PASSIVE"
+    return True
 
 
 def available_cores() -> int:

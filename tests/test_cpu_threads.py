@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from svdaemon.cpu_threads import VAD_THREADS_BESIDE_ENGINE, engine_threads, torch_threads
+from svdaemon.cpu_threads import (
+    VAD_THREADS_BESIDE_ENGINE,
+    engine_threads,
+    prefer_passive_waits,
+    torch_threads,
+)
 from svdaemon.synthetic_speech import build_track
 from svdaemon.vad import ROW_WINDOWS, WARMUP_WINDOWS, WINDOW, VadNetwork, load_vad_model
 
@@ -66,3 +74,34 @@ def test_the_engine_computes_on_its_own_count_whatever_the_thread_had(cpu_engine
         cpu_engine.recognize([Piece(0.0, speech.samples)])
         assert seen.seen == {2} and torch.get_num_threads() == 1
     assert torch.get_num_threads() == previous
+
+
+def test_openmp_waits_passively_unless_the_user_chose_otherwise(monkeypatch):
+    """Measured on 2 cores with one kept busy: spinning waits halve the full-size model's speed."""
+    monkeypatch.delitem(sys.modules, "torch")  # as before torch loads: the policy can still take effect
+    environ: dict[str, str] = {}
+    assert prefer_passive_waits(environ) and environ == {"OMP_WAIT_POLICY": "PASSIVE"}
+    chosen = {"OMP_WAIT_POLICY": "ACTIVE"}
+    assert not prefer_passive_waits(chosen) and chosen == {"OMP_WAIT_POLICY": "ACTIVE"}
+
+
+def test_openmp_s_policy_is_left_alone_once_torch_is_loaded():
+    environ: dict[str, str] = {}
+    assert not prefer_passive_waits(environ) and environ == {}
+
+
+def test_transcribe_and_run_set_it_before_torch_loads(tmp_path):
+    """In a fresh interpreter, as the console script starts: the policy is in place when torch reads it."""
+    probe = (
+        "import os, sys; from svdaemon import cli; cli.main(sys.argv[1:]); "
+        "print(os.environ.get('OMP_WAIT_POLICY'))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    done = subprocess.run(
+        [sys.executable, "-c", probe, "transcribe", str(tmp_path / "missing.wav")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.stdout.strip().splitlines()[-1] == "PASSIVE", done
