@@ -207,13 +207,8 @@ def test_when_every_format_is_kept_nothing_is_written_and_no_error_is_raised(
     assert store.read_all() == {}
 
 
-@pytest.mark.integration
-def test_the_formats_written_beside_a_kept_one_are_still_one_set(
-    tmp_path: Path, store: HashStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    source = make_source(tmp_path / "talk.mp3")
-    write(source, store, texts={"txt": "old\n", "srt": SRT, "vtt": "WEBVTT\n\nold\n"})
-    (tmp_path / "talk.srt").write_bytes(USERS_OWN)
+def fill_the_disk_at_the_second_fsync(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk fills up when the second temp file of a set is synced (ENOSPC), as a real full disk would."""
     real_fsync = os.fsync
     calls = []
 
@@ -224,6 +219,16 @@ def test_the_formats_written_beside_a_kept_one_are_still_one_set(
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", fsync_until_the_disk_is_full)
+
+
+@pytest.mark.integration
+def test_the_formats_written_beside_a_kept_one_are_still_one_set(
+    tmp_path: Path, store: HashStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = make_source(tmp_path / "talk.mp3")
+    write(source, store, texts={"txt": "old\n", "srt": SRT, "vtt": "WEBVTT\n\nold\n"})
+    (tmp_path / "talk.srt").write_bytes(USERS_OWN)
+    fill_the_disk_at_the_second_fsync(monkeypatch)
     with pytest.raises(EnvironmentFault, match=r"talk\.vtt: No space left on device"):
         write(source, store, texts={"txt": "new\n", "srt": SRT, "vtt": "WEBVTT\n\nnew\n"})
     monkeypatch.undo()
@@ -328,16 +333,7 @@ def test_disk_full_while_writing_the_second_format_leaves_the_old_set(
     source = make_source(tmp_path / "talk.mp3")
     write(source, store, texts={"txt": "old\n", "srt": "old srt\n"})
     records_before = store.read_all()
-    real_fsync = os.fsync
-    calls = []
-
-    def fsync_until_the_disk_is_full(fd: int) -> None:
-        calls.append(fd)
-        if len(calls) == 2:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync_until_the_disk_is_full)
+    fill_the_disk_at_the_second_fsync(monkeypatch)
     with pytest.raises(EnvironmentFault, match=r"talk\.srt: No space left on device"):
         write(source, store, texts={"txt": "new\n", "srt": "new srt\n"})
     monkeypatch.undo()

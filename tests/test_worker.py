@@ -165,13 +165,19 @@ class PausedAtFirstBatch(Worker):
         return pause_then_report
 
 
-def test_pause_holds_and_stop_requeues_without_an_attempt(queue, pipeline, speech, tmp_path, monkeypatch):
+def queue_a_file_of_many_batches(queue, pipeline, speech, tmp_path, monkeypatch) -> tuple[Path, Config]:
+    """A file six sentences long, cut in 2 s blocks and chunks so that the engine runs several batches on it
+    (a place to pause between them); and a config that transcribes it even when its sidecars exist."""
     monkeypatch.setattr("svdaemon.pipeline.FLUSH_SPEECH_S", 2.0)
     monkeypatch.setattr("svdaemon.pipeline.BLOCK_S", 2.0)
     monkeypatch.setattr("svdaemon.vad.MAX_ROWS", 2)
     long_file = write_audio(tmp_path / "long.wav", np.tile(speech, 6), 16000)
     enqueue(queue, long_file)
-    config = dataclasses.replace(pipeline.config, skip_existing=False)
+    return long_file, dataclasses.replace(pipeline.config, skip_existing=False)
+
+
+def test_pause_holds_and_stop_requeues_without_an_attempt(queue, pipeline, speech, tmp_path, monkeypatch):
+    long_file, config = queue_a_file_of_many_batches(queue, pipeline, speech, tmp_path, monkeypatch)
     worker = PausedAtFirstBatch(queue, pipeline, config, current_owner(), idle_wait_s=0.05)
     worker.pause()
     worker.start()
@@ -390,12 +396,7 @@ def test_time_spent_paused_is_not_counted_in_a_file_s_speed(
     """Paused at its first batch for PAUSE_S, a file still reports the speed it was transcribed at: the work
     time its × realtime stands for is far below the pause (the tiny model needs well under a second)."""
     pause_s = 3.0
-    monkeypatch.setattr("svdaemon.pipeline.FLUSH_SPEECH_S", 2.0)
-    monkeypatch.setattr("svdaemon.pipeline.BLOCK_S", 2.0)
-    monkeypatch.setattr("svdaemon.vad.MAX_ROWS", 2)
-    long_file = write_audio(tmp_path / "long.wav", np.tile(speech, 6), 16000)
-    enqueue(queue, long_file)
-    config = dataclasses.replace(pipeline.config, skip_existing=False)
+    long_file, config = queue_a_file_of_many_batches(queue, pipeline, speech, tmp_path, monkeypatch)
     worker = PausedOnceAtFirstBatch(queue, pipeline, config, current_owner(), idle_wait_s=0.05)
     with caplog.at_level(logging.INFO, logger="svdaemon.worker"):
         worker.start()
