@@ -25,7 +25,7 @@ from svdaemon.pipeline import Decoder, SpeechChunk
 log = logging.getLogger(__name__)
 
 # (path, checkpoint, decoder) → the file's chunks; `pipeline.Pipeline.speech_chunks`
-ChunkSource = Callable[[Path, Callable[[], None], Decoder], Iterator[SpeechChunk]]
+ChunkSource = Callable[[Path, Callable[[float], None], Decoder], Iterator[SpeechChunk]]
 
 
 @dataclass(frozen=True)
