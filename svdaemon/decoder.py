@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection, Pipe
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -37,6 +38,21 @@ from svdaemon.child import python_code_command
 from svdaemon.errors import DecodeError, EnvironmentFault
 
 logger = logging.getLogger(__name__)
+
+
+class Decoder(Protocol):
+    """Where audio comes from: in this process, or the daemon's persistent decode process."""
+
+    def probe(self, path: Path, audio_language: str | None = None) -> audio.AudioInfo: ...
+
+    def blocks(
+        self,
+        path: Path,
+        audio_language: str | None = None,
+        duration_s: float | None = None,
+        span: audio.SampleSpan | None = None,
+    ) -> Iterator[np.ndarray]: ...
+
 
 DecodeTarget = Callable[[Path, float, "str | None", "audio.SampleSpan | None"], Iterator[np.ndarray]]
 

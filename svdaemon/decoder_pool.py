@@ -23,7 +23,7 @@ import numpy as np
 
 from svdaemon import audio
 from svdaemon.audio import SampleSpan
-from svdaemon.pipeline import Decoder
+from svdaemon.decoder import Decoder
 
 log = logging.getLogger(__name__)
 

@@ -12,12 +12,12 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
 from svdaemon import audio, subtitles
 from svdaemon.config import Config
+from svdaemon.decoder import Decoder
 from svdaemon.engine import EngineSettings, SenseVoiceEngine
 from svdaemon.errors import DecodeError, SourceChanged
 from svdaemon.fingerprint import Fingerprint
@@ -101,20 +101,6 @@ class Outcome:
             said = f": all sidecars kept ({audio}, {self.realtime_factor:.1f}× realtime)"
         kept = self.sidecars.kept_note()
         return f"{said}; {kept}" if kept else said
-
-
-class Decoder(Protocol):
-    """Where audio comes from: in this process, or the daemon's persistent decode process."""
-
-    def probe(self, path: Path, audio_language: str | None = None) -> audio.AudioInfo: ...
-
-    def blocks(
-        self,
-        path: Path,
-        audio_language: str | None = None,
-        duration_s: float | None = None,
-        span: audio.SampleSpan | None = None,
-    ) -> Iterator[np.ndarray]: ...
 
 
 class InProcessDecoder:

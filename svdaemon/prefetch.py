@@ -17,10 +17,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from svdaemon.decoder import Decoder
 from svdaemon.decoder_pool import DecoderPool, PooledDecoder
 from svdaemon.errors import DecodeError, SvdaemonError
 from svdaemon.jobs import Job
-from svdaemon.pipeline import Decoder, SpeechChunk
+from svdaemon.pipeline import SpeechChunk
 
 log = logging.getLogger(__name__)
 

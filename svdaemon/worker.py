@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from svdaemon.config import Config, WatchRoot
+from svdaemon.decoder import Decoder
 from svdaemon.engine import next_device
 from svdaemon.errors import (
     DecodeError,
@@ -32,7 +33,7 @@ from svdaemon.fingerprint import Fingerprint
 from svdaemon.heartbeat import Heartbeat
 from svdaemon.jobs import ErrorKind, Job, JobQueue, JobState
 from svdaemon.memory import MB, should_yield
-from svdaemon.pipeline import Decoder, Outcome, Pipeline
+from svdaemon.pipeline import Outcome, Pipeline
 from svdaemon.prefetch import Prefetcher, Ready
 from svdaemon.sidecars import ERROR_SIDECAR, existing_sidecars_newer_than, write_sidecars
 from svdaemon.transcript import Segment
