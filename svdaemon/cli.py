@@ -26,7 +26,7 @@ from svdaemon.config import (
 from svdaemon.cpu_threads import prefer_passive_waits
 from svdaemon.errors import ConfigError, StartupError, SvdaemonError
 from svdaemon.models import ModelUnavailable
-from svdaemon.status_text import device_text, queue_text
+from svdaemon.status_text import device_precision_text, queue_text
 
 if TYPE_CHECKING:
     from svdaemon.jobs import JobState
@@ -222,7 +222,7 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
     if args.json:
         print(json.dumps({"running": True, **snapshot.to_json()}))
         return EXIT_OK
-    print(f"state: {snapshot.state.value} on {device_text(snapshot.device, snapshot.precision)}")
+    print(f"state: {snapshot.state.value} on {device_precision_text(snapshot.device, snapshot.precision)}")
     if snapshot.current_file:
         done = f" {snapshot.progress:.0%}" if snapshot.progress is not None else ""
         print(f"file: {snapshot.current_file}{done}")

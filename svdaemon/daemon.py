@@ -15,6 +15,7 @@ import logging
 import logging.handlers
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -40,8 +41,8 @@ from svdaemon.jobs import EnqueueResult, JobQueue
 from svdaemon.owner import LockHeld, current_owner, hold_lock
 from svdaemon.sd_notify import Notifier
 from svdaemon.sidecars import HashStore, sweep_temp_files
+from svdaemon.status_text import title
 from svdaemon.supervise import Supervised
-from svdaemon.tray_menu import title
 from svdaemon.watcher import FolderWatcher
 
 if TYPE_CHECKING:
@@ -73,10 +74,11 @@ def hold_daemon_lock(state_dir: Path) -> int:
 
 
 def wants_tray(setting: str, environ: Mapping[str, str]) -> bool:
-    """`on`, or `auto` where there is a display to show it on."""
-    from svdaemon.tray import display_available
-
-    return setting == "on" or (setting == "auto" and display_available(environ))
+    """`on`, or `auto` where there is a display to show it on (macOS and Windows: the session's)."""
+    display = sys.platform in ("darwin", "win32") or bool(
+        environ.get("DISPLAY") or environ.get("WAYLAND_DISPLAY")
+    )
+    return setting == "on" or (setting == "auto" and display)
 
 
 def decoder_count(cores: int | None = None) -> int:

@@ -32,9 +32,9 @@ from svdaemon.control import Command, ControlError, DaemonNotRunning, StatusSnap
 from svdaemon.errors import SvdaemonError
 from svdaemon.notifications import DesktopNotifier, FailedFile, NoticeTracker
 from svdaemon.owner import LockHeld, hold_lock
+from svdaemon.status_text import APP, title
 from svdaemon.tray_icon import IconLook, draw_icon, icon_look
 from svdaemon.tray_menu import (
-    APP,
     Action,
     Fallback,
     Item,
@@ -49,7 +49,6 @@ from svdaemon.tray_menu import (
     Submenu,
     build_menu,
     latin1_safe,
-    title,
 )
 
 log = logging.getLogger(__name__)
@@ -193,13 +192,6 @@ def describe_backend(environ: Mapping[str, str] | None = None) -> str:
     """One line for `svdaemon doctor`: which tray backend would show, and why (or what is missing)."""
     choice = choose_backend(probe_desktop(os.environ if environ is None else environ))
     return f"tray: {choice.backend or 'none'} ({choice.reason})"
-
-
-def display_available(environ: Mapping[str, str]) -> bool:
-    """For `tray: auto`: whether a display exists to put a tray icon on (macOS and Windows: the session's)."""
-    return sys.platform in ("darwin", "win32") or bool(
-        environ.get("DISPLAY") or environ.get("WAYLAND_DISPLAY")
-    )
 
 
 # ---- reading the daemon ---------------------------------------------------------------------------------

@@ -10,13 +10,12 @@ dark badge at the bottom right; a red dot at the top right says some files faile
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
 from PIL import Image, ImageDraw, ImageFont
 
-from svdaemon.control import DaemonState, StatusSnapshot
-from svdaemon.status_text import to_do_count
+from svdaemon.control import StatusSnapshot
+from svdaemon.status_text import TrayState, to_do_count, tray_state
 
 ICON_SIZE = 64
 BADGE_LIMIT = 99
@@ -25,16 +24,6 @@ RGB = tuple[int, int, int]
 WHITE: RGB = (255, 255, 255)
 BADGE_FILL: RGB = (32, 33, 36)
 FAILED_DOT: RGB = (217, 48, 37)
-
-
-class TrayState(enum.Enum):
-    NOT_RUNNING = "not running"
-    IDLE = "idle"
-    WORKING = "working"
-    ON_CPU = "working on the CPU"
-    PAUSED_BY_USER = "paused"
-    YIELDING_VRAM = "waiting for GPU memory"
-    ERROR = "cannot go on"
 
 
 GLYPH_COLOURS: dict[TrayState, RGB] = {
@@ -55,22 +44,6 @@ class IconLook:
     state: TrayState
     pending: int  # files without their transcript yet (queued + running): the badge
     has_failed: bool
-
-
-def tray_state(snapshot: StatusSnapshot | None) -> TrayState:
-    """The one state the icon and the title show; standing aside for any reason but the user's or VRAM's
-    (no usable device) is an error the user must act on."""
-    if snapshot is None:
-        return TrayState.NOT_RUNNING
-    if snapshot.paused and snapshot.pause_kind == "user":
-        return TrayState.PAUSED_BY_USER
-    if snapshot.paused and snapshot.pause_kind == "vram":
-        return TrayState.YIELDING_VRAM
-    if snapshot.paused:
-        return TrayState.ERROR
-    if snapshot.state is DaemonState.IDLE:
-        return TrayState.IDLE
-    return TrayState.ON_CPU if snapshot.device == "cpu" else TrayState.WORKING
 
 
 def icon_look(snapshot: StatusSnapshot | None) -> IconLook:

@@ -1,28 +1,29 @@
-"""The tray's words: its title (tooltip) and its menu, as pure functions of the daemon's status.
+"""The tray's menu, as a pure function of the daemon's status.
 
 The menu is a tuple of plain values (status lines, items with an `Action`, radio items, submenus,
 separators) so that tests read it item by item; `tray.py` turns it into a pystray menu and performs the
-actions. Without a snapshot (no daemon answers) the menu still opens the watched folders and the log,
+actions. The tooltip (`status_text.title`) and the words the menu shares with `svdaemon status` are in
+`status_text`. Without a snapshot (no daemon answers) the menu still opens the watched folders and the log,
 from the tray's own config (`Fallback`).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from pathlib import PurePath
 
-from svdaemon.control import Command, DaemonState, DeviceChoice, StatusSnapshot
-from svdaemon.status_text import to_do_count, to_do_text
-from svdaemon.tray_icon import TrayState, tray_state
-
-APP = "svdaemon"
-DASH = " — "
-DOT = " · "
-REASON_CHARS = 80  # a pause reason or error in a status line is cut here; the log has it whole
-MB_PER_GB = 1024
-_PASSING_STATES = {DaemonState.LOADING: "loading the model", DaemonState.STOPPING: "stopping"}
-
+from svdaemon.control import Command, DeviceChoice, StatusSnapshot
+from svdaemon.status_text import (
+    APP,
+    DASH,
+    TrayState,
+    current_file_text,
+    cut_reason,
+    gigabytes,
+    to_do_count,
+    to_do_text,
+    tray_state,
+    vram_text,
+)
 
 # ---- actions: what a menu item asks `tray.Actions` to do ----------------------------------------------
 
@@ -97,73 +98,12 @@ class Fallback:
     log_file: str
 
 
-# ---- title ---------------------------------------------------------------------------------------------
-
-
-def title(snapshot: StatusSnapshot | None, unreachable: str = "not running") -> str:
-    """`svdaemon — 3 to do · lecture.mp4 41 % · cuda:0 1.8 / 24.0 GB`.
-
-    Working shows no state word; idle says `idle`, paused and error states say why. `unreachable` is what to
-    say when no snapshot came (`not running`, or `not responding` for a daemon too slow to answer).
-    """
-    if snapshot is None:
-        return f"{APP}{DASH}{unreachable}"
-    parts = [word] if (word := _state_word(snapshot)) else []
-    if to_do_count(snapshot.queue):
-        parts.append(to_do_text(snapshot.queue))
-    if snapshot.current_file:
-        parts.append(current_file_text(snapshot))
-    failed = snapshot.queue.get("failed", 0)
-    if failed:
-        parts.append(f"{failed} failed")
-    parts.append(device_text(snapshot))
-    return APP + DASH + DOT.join(parts)
+# ---- the xorg backend's text --------------------------------------------------------------------------
 
 
 def latin1_safe(text: str) -> str:
     """For pystray's xorg backend, which cannot show other characters (it raises on `—` or `会议.mp4`)."""
     return text.replace("—", "-").encode("latin-1", "replace").decode("latin-1")
-
-
-def _state_word(snapshot: StatusSnapshot) -> str | None:
-    state = tray_state(snapshot)
-    if state is TrayState.ERROR:
-        return f"{state.value}: {_cut(snapshot.pause_reason or '')}"
-    if snapshot.state in _PASSING_STATES:
-        return _PASSING_STATES[snapshot.state]
-    if state in (TrayState.WORKING, TrayState.ON_CPU):
-        return None
-    return state.value
-
-
-def current_file_text(snapshot: StatusSnapshot) -> str:
-    """`lecture.mp4 41 %`: the name only; the percentage floors, so 100 % means done."""
-    name = PurePath(snapshot.current_file or "").name
-    if snapshot.progress is None:
-        return name
-    return f"{name} {math.floor(round(snapshot.progress * 100, 6))} %"  # round first: 0.29 * 100 < 29
-
-
-def device_text(snapshot: StatusSnapshot) -> str:
-    """`cuda:0 1.8 / 24.0 GB`, or just the device's name where no VRAM is read (the CPU)."""
-    vram = vram_text(snapshot)
-    return f"{snapshot.device} {vram}" if vram else snapshot.device
-
-
-def vram_text(snapshot: StatusSnapshot) -> str | None:
-    """`1.8 / 24.0 GB`: svdaemon's own VRAM use of the card's total."""
-    used, total = snapshot.vram_used_mb, snapshot.vram_total_mb
-    if used is None or not total:
-        return None
-    return f"{_gb(used)} / {_gb(total)} GB"
-
-
-def _gb(megabytes: int) -> str:
-    return f"{megabytes / MB_PER_GB:.1f}"
-
-
-def _cut(text: str) -> str:
-    return text if len(text) <= REASON_CHARS else text[: REASON_CHARS - 1] + "…"
 
 
 # ---- menu ----------------------------------------------------------------------------------------------
@@ -210,9 +150,9 @@ def status_lines(snapshot: StatusSnapshot) -> tuple[StatusLine, ...]:
     lines.append(StatusLine(f"Device: {snapshot.device}" + (f", VRAM {vram}" if vram else "")))
     state = tray_state(snapshot)
     if state in (TrayState.YIELDING_VRAM, TrayState.ERROR):
-        lines.append(StatusLine(f"Paused: {_cut(snapshot.pause_reason or '')}"))
+        lines.append(StatusLine(f"Paused: {cut_reason(snapshot.pause_reason or '')}"))
     if snapshot.last_error:
-        lines.append(StatusLine(f"Last error: {_cut(snapshot.last_error)}"))
+        lines.append(StatusLine(f"Last error: {cut_reason(snapshot.last_error)}"))
     return tuple(lines)
 
 
@@ -227,7 +167,7 @@ def device_item(choice: DeviceChoice, current: str) -> RadioItem:
     """`cuda:1 — NVIDIA GeForce RTX 3090 (22.5 GB free)`; the CPU is just `CPU`."""
     text = choice.label if choice.label.lower() == choice.name else f"{choice.name}{DASH}{choice.label}"
     if choice.free_mb is not None:
-        text += f" ({_gb(choice.free_mb)} GB free)"
+        text += f" ({gigabytes(choice.free_mb)} GB free)"
     return RadioItem(text, SendCommand(Command("device", choice.name)), checked=choice.name == current)
 
 

@@ -7,8 +7,7 @@ import dataclasses
 from svdaemon.config import Config
 from svdaemon.daemon import Daemon
 from svdaemon.jobs import JobQueue
-from svdaemon.status_text import device_text, queue_text, to_do_text
-from svdaemon.tray_menu import title
+from svdaemon.status_text import device_precision_text, queue_text, title, to_do_text
 
 from doubles import DaemonDouble
 
@@ -30,5 +29,5 @@ def test_a_daemon_loading_on_the_cpu_says_fp32_and_auto_says_no_precision_yet(tm
             daemon = Daemon(Config(state_dir=tmp_path, device=device, precision="fp16"), None)
             daemon.queue = queue
             snapshot = daemon.snapshot()
-            assert device_text(snapshot.device, snapshot.precision) == shown
-    assert device_text("cpu", "bf16") == "cpu (bf16)"
+            assert device_precision_text(snapshot.device, snapshot.precision) == shown
+    assert device_precision_text("cpu", "bf16") == "cpu (bf16)"

@@ -22,6 +22,7 @@ from svdaemon.control import Command, DaemonState, DeviceChoice, StatusSnapshot,
 from svdaemon.fingerprint import Fingerprint
 from svdaemon.jobs import ErrorKind, JobQueue
 from svdaemon.notifications import FailedFile, Notice, NoticeTracker
+from svdaemon.status_text import title
 from svdaemon.tray import (
     Actions,
     Desktop,
@@ -61,7 +62,6 @@ from svdaemon.tray_menu import (
     Submenu,
     build_menu,
     latin1_safe,
-    title,
 )
 
 from doubles import SNAPSHOT, wait_for

@@ -17,10 +17,10 @@ import pytest
 from PIL import Image
 
 from svdaemon.config import load_config
+from svdaemon.status_text import title
 from svdaemon.synthetic_speech import build_track
 from svdaemon.tray import read_status
 from svdaemon.tray_icon import BADGE_FILL, GLYPH_COLOURS, TrayState
-from svdaemon.tray_menu import title
 
 from doubles import wait_for
 from make_tray_screenshot import PANEL_HEIGHT, VirtualDesktop, icon_centre, tray_process
