@@ -34,5 +34,9 @@ class SourceChanged(SvdaemonError):
     """The source changed while it was being transcribed: its sidecars would describe the old content."""
 
 
+class QueueError(SvdaemonError):
+    """The queue's database cannot be read now (locked, damaged, gone): the reader says so and goes on."""
+
+
 class DeviceLost(EnvironmentFault):
     """The GPU failed or disappeared mid-job: the job goes back to the queue and the worker changes device."""

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import astuple, dataclass
 from pathlib import Path
 
-from svdaemon.errors import StartupError
+from svdaemon.errors import QueueError, StartupError
 from svdaemon.fingerprint import Fingerprint
 from svdaemon.owner import owner_is_alive
 
@@ -248,8 +248,12 @@ class JobQueue:
             self._connection.execute("COMMIT")
 
     def _read(self, sql: str, parameters: Sequence[object] = ()) -> list[sqlite3.Row]:
+        """Rows of a query; SQLite's own error becomes a QueueError, so no caller needs to know it is SQL."""
         with self._lock:
-            return self._connection.execute(sql, parameters).fetchall()
+            try:
+                return self._connection.execute(sql, parameters).fetchall()
+            except sqlite3.Error as error:
+                raise QueueError(f"cannot read the job queue {self.db_path}: {error}") from error
 
     def schema_version(self) -> int:
         return self._read("PRAGMA user_version")[0][0]
@@ -443,6 +447,13 @@ class JobQueue:
     def counts(self) -> dict[JobState, int]:
         counted = dict(self._read("SELECT state, COUNT(*) FROM jobs GROUP BY state"))
         return {state: counted.get(state.value, 0) for state in JobState}
+
+    def recently_failed(self, count: int) -> list[Job]:
+        """The `count` jobs that failed most recently, the newest first (for the tray's notices)."""
+        rows = self._read(
+            "SELECT * FROM jobs WHERE state = 'failed' ORDER BY updated_at_s DESC, id DESC LIMIT ?", (count,)
+        )
+        return [_job_from_row(row) for row in rows]
 
     def jobs(self, states: Iterable[JobState] | None = None, limit: int | None = None) -> list[Job]:
         """Jobs in claim order (priority, then age), optionally only some states, at most `limit`."""

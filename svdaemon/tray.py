@@ -15,7 +15,6 @@ import contextlib
 import logging
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -260,16 +259,15 @@ class StatusPoller:
 
 def newest_failed(state_dir: Path, count: int) -> list[FailedFile]:
     """The `count` files that failed most recently, for a notification; none when the DB cannot be read."""
-    from svdaemon.jobs import JobQueue, JobState
+    from svdaemon.jobs import JobQueue
 
     try:
         with JobQueue.open(state_dir) as queue:
-            failed = queue.jobs([JobState.FAILED])
-    except (SvdaemonError, sqlite3.Error) as error:
+            failed = queue.recently_failed(count)
+    except SvdaemonError as error:
         log.warning("cannot read the failed files from the state DB: %s", error)
         return []
-    failed.sort(key=lambda job: job.updated_at_s, reverse=True)
-    return [FailedFile(os.fsdecode(job.path), job.last_error) for job in failed[:count]]
+    return [FailedFile(os.fsdecode(job.path), job.last_error) for job in failed]
 
 
 def failed_report(files: list[FailedFile]) -> str:

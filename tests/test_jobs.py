@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from svdaemon.errors import StartupError
+from svdaemon.errors import QueueError, StartupError
 from svdaemon.fingerprint import Fingerprint
 from svdaemon.jobs import (
     DB_NAME,
@@ -374,3 +374,15 @@ def test_a_done_job_keeps_its_note_and_drops_an_earlier_try_s_error(queue, clock
     done = queue.get(path)
     assert done.state is JobState.DONE and done.error_kind is None
     assert done.last_error == "kept talk.srt (edited since svdaemon wrote it; overwrite: ours)"
+
+
+def test_the_recently_failed_come_newest_first_and_a_read_error_is_the_queue_s_own(queue, clock, tmp_path):
+    for name in ("a.wav", "b.wav", "c.wav"):
+        queue.enqueue(tmp_path / name, FIRST)
+    for _ in range(3):
+        clock.now_s += 10
+        queue.fail(queue.claim(OWNER), "corrupt data", ErrorKind.BAD_FILE, max_attempts=1)
+    assert [job.path.name for job in queue.recently_failed(2)] == ["c.wav", "b.wav"]
+    queue._connection.execute("DROP TABLE jobs")  # a database that no longer holds the queue
+    with pytest.raises(QueueError, match=r"cannot read the job queue .*jobs\.sqlite3: no such table"):
+        queue.counts()
