@@ -2,9 +2,9 @@
 
 It claims up to MAX_AHEAD jobs at once: their decode and VAD run ahead on the prefetcher's threads, and
 the speech ready from several files shares each pool of engine calls. Pause and stop act between engine
-batches: the progress callback, called after each batch, is where the worker holds (pause), leaves the file (stop: the job goes back to the
-queue, no attempt counted), switches device when asked, and steps aside while another program needs the
-GPU's memory. A file is checked against its queued fingerprint before it is read, and again by the
+batches: the progress callback, called after each batch, is where the worker holds (pause), leaves the
+file (stop: the job goes back to the queue, no attempt counted), switches device when asked, and steps
+aside while another program needs the GPU's memory. A file is checked against its queued fingerprint before it is read, and again by the
 pipeline before its sidecars are written, so changed content is never transcribed as the old one.
 When the queue drains the engine gives its cached VRAM back; after `idle_unload_s` it holds none.
 """
